@@ -1,0 +1,401 @@
+/*
+ * uffd.c - lazy guest memory: anonymous pages registered with userfaultfd, served on first
+ * touch from the snapshot's layer chain (diff -> parent -> base), zero where no layer has the
+ * page or the guest gave it back (REMOVE). The handler records first-touch order as the
+ * working set a later restore installs up front. If the handler dies the VM fails loudly.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include "internal.h"
+
+#define WS_MAGIC "VMMDWSET"
+#define WS_VERSION 1
+#define CTL_STOP 1
+#define CTL_DIE 2
+#define MSG_BATCH 64
+#define EAGAIN_RETRIES 1000
+
+struct uffd {
+    _Atomic int fd;
+    int ctl;                  /* eventfd: CTL_STOP, CTL_DIE */
+    pthread_t thread;
+    bool started;
+    uint8_t *removed;         /* discarded since restore: their layer data is stale */
+    uint8_t *seen;
+    uint32_t *ws;             /* first-touch order */
+    size_t ws_len, ws_cap;
+    pthread_mutex_t lock;     /* ws and seen */
+};
+
+static int open_uffd(void)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0 || (errno != EPERM && errno != ENOSYS))
+        return fd < 0 ? -errno : fd;
+    /* unprivileged_userfaultfd=0 and no CAP_SYS_PTRACE: the device node may still allow it */
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev < 0)
+        return -errno;
+    fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    int e = errno;
+    close(dev);
+    return fd < 0 ? -e : fd;
+}
+
+/* Fills `buf` with page `pg` as the chain has it; *zero when no layer holds it. */
+static int resolve(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf, bool *zero)
+{
+    struct guest_mem *m = &vm->mem;
+    *zero = true;
+    if (bit_test(u->removed, pg))
+        return 0;
+    for (int l = 0; l < m->nlayers; l++) {
+        if (!bit_test(m->layers[l].bitmap, pg))
+            continue;
+        ssize_t r = pread(m->layers[l].fd, buf, PAGE_SIZE, (off_t)(pg * PAGE_SIZE));
+        if (r != (ssize_t)PAGE_SIZE)
+            return vmm_err(r < 0 ? errno : EIO, "memory file of layer %d cannot give page %llu: "
+                           "%s", l, (unsigned long long)pg, r < 0 ? strerror(errno) : "truncated");
+        *zero = false;
+        return 0;
+    }
+    return 0;
+}
+
+/* 0 installed (or already there), -EAGAIN retry after events, other -errno fatal. */
+static int install(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf, bool *was_zero)
+{
+    bool zero;
+    int r = resolve(vm, u, pg, buf, &zero);
+    if (r)
+        return r;
+    uint64_t dst = (uint64_t)(uintptr_t)(vm->mem.base + pg * PAGE_SIZE);
+    int fd = atomic_load(&u->fd);
+    if (zero) {
+        struct uffdio_zeropage z = {.range = {.start = dst, .len = PAGE_SIZE}};
+        r = ioctl(fd, UFFDIO_ZEROPAGE, &z);
+    } else {
+        struct uffdio_copy c = {.dst = dst, .src = (uint64_t)(uintptr_t)buf, .len = PAGE_SIZE};
+        r = ioctl(fd, UFFDIO_COPY, &c);
+    }
+    if (r < 0 && errno == EEXIST)
+        r = 0;
+    if (r < 0)
+        return errno == EAGAIN ? -EAGAIN
+                               : vmm_err(errno, "%s of page %llu: %m", zero ? "UFFDIO_ZEROPAGE"
+                                         : "UFFDIO_COPY", (unsigned long long)pg);
+    if (was_zero)
+        *was_zero = zero;
+    return 0;
+}
+
+static void record(struct uffd *u, uint64_t pg)
+{
+    pthread_mutex_lock(&u->lock);
+    if (!bit_test(u->seen, pg)) {
+        bit_set(u->seen, pg);
+        if (u->ws_len == u->ws_cap) {
+            size_t cap = u->ws_cap ? u->ws_cap * 2 : 4096;
+            uint32_t *n = realloc(u->ws, cap * sizeof(*n));
+            if (n) {
+                u->ws = n;
+                u->ws_cap = cap;
+            }
+        }
+        if (u->ws_len < u->ws_cap)
+            u->ws[u->ws_len++] = (uint32_t)pg;
+    }
+    pthread_mutex_unlock(&u->lock);
+}
+
+static void on_remove(struct vmm *vm, struct uffd *u, const struct uffd_msg *msg)
+{
+    uint64_t base = (uint64_t)(uintptr_t)vm->mem.base;
+    uint64_t start = msg->arg.remove.start, end = msg->arg.remove.end;
+    if (start < base)
+        start = base;
+    if (end > base + vm->mem.size)
+        end = base + vm->mem.size;
+    for (uint64_t a = start; a < end; a += PAGE_SIZE)
+        bit_set(u->removed, (a - base) / PAGE_SIZE);
+    atomic_fetch_add(&vm->st.uffd_removes, 1);
+}
+
+static int serve_fault(struct vmm *vm, struct uffd *u, uint64_t addr, uint8_t *buf)
+{
+    uint64_t base = (uint64_t)(uintptr_t)vm->mem.base;
+    if (addr < base || addr >= base + vm->mem.size)
+        return vmm_err(EFAULT, "fault at 0x%llx is outside guest memory", (unsigned long long)addr);
+    uint64_t pg = (addr - base) / PAGE_SIZE, t0 = now_ns();
+    bool zero = false;
+    int r;
+    for (int tries = 0; (r = install(vm, u, pg, buf, &zero)) == -EAGAIN; tries++) {
+        /* the mapping changed under us (a REMOVE is queued): take the events, then retry */
+        struct uffd_msg msg;
+        while (read(atomic_load(&u->fd), &msg, sizeof(msg)) == sizeof(msg))
+            if (msg.event == UFFD_EVENT_REMOVE)
+                on_remove(vm, u, &msg);
+        if (tries == EAGAIN_RETRIES)
+            return vmm_err(EAGAIN, "page %llu kept changing under the handler",
+                           (unsigned long long)pg);
+    }
+    if (r)
+        return r;
+    record(u, pg);
+    atomic_fetch_add(&vm->st.uffd_faults, 1);
+    if (zero)
+        atomic_fetch_add(&vm->st.uffd_zero_pages, 1);
+    atomic_fetch_add(&vm->st.uffd_fault_ns, now_ns() - t0);
+    return 0;
+}
+
+static void handler_died(struct vmm *vm, struct uffd *u, const char *why)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "userfaultfd handler died: %s", why);
+    vm_end(vm, VMM_STOP_ERROR, 0, msg);
+    /* Closing the uffd wakes every thread blocked on a missing page; the VM is already failed,
+     * so nothing runs on the zero pages they then get. */
+    int fd = atomic_exchange(&u->fd, -1);
+    if (fd >= 0)
+        close(fd);
+}
+
+static void *handler_thread(void *arg)
+{
+    struct vmm *vm = arg;
+    struct uffd *u = vm->uffd;
+    uint8_t *buf = aligned_alloc(PAGE_SIZE, PAGE_SIZE);
+    struct uffd_msg msgs[MSG_BATCH];
+    char why[VMM_ERR_LEN] = "out of memory for the bounce page";
+    if (!buf)
+        goto died;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = atomic_load(&u->fd), .events = POLLIN},
+                              {.fd = u->ctl, .events = POLLIN}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            snprintf(why, sizeof(why), "poll: %s", strerror(errno));
+            goto died;
+        }
+        if (p[1].revents) {
+            uint64_t v = 0;
+            if (read(u->ctl, &v, sizeof(v)) == sizeof(v) && v == CTL_STOP)
+                break;
+            snprintf(why, sizeof(why), "killed by fault injection");
+            goto died;
+        }
+        if (p[0].revents & (POLLERR | POLLHUP)) {
+            snprintf(why, sizeof(why), "userfaultfd closed");
+            goto died;
+        }
+        ssize_t n = read(atomic_load(&u->fd), msgs, sizeof(msgs));
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            snprintf(why, sizeof(why), "read: %s", strerror(errno));
+            goto died;
+        }
+        /* events first: a REMOVE in the batch must govern the faults that follow it */
+        for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+            if (msgs[i].event == UFFD_EVENT_REMOVE)
+                on_remove(vm, u, &msgs[i]);
+        for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
+            if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+                continue;
+            if (serve_fault(vm, u, msgs[i].arg.pagefault.address & ~(PAGE_SIZE - 1), buf)) {
+                snprintf(why, sizeof(why), "%s", vmm_last_error());
+                goto died;
+            }
+        }
+    }
+    free(buf);
+    return NULL;
+died:
+    free(buf);
+    handler_died(vm, u, why);
+    return NULL;
+}
+
+int uffd_setup(struct vmm *vm)
+{
+    struct guest_mem *m = &vm->mem;
+    struct uffd *u = calloc(1, sizeof(*u));
+    if (!u)
+        return vmm_err(ENOMEM, "out of memory for the uffd handler");
+    atomic_store(&u->fd, -1);
+    u->ctl = -1;
+    pthread_mutex_init(&u->lock, NULL);
+    vm->uffd = u;
+    if (!(u->removed = calloc(1, bitmap_bytes(m->npages))) ||
+        !(u->seen = calloc(1, bitmap_bytes(m->npages))))
+        return vmm_err(ENOMEM, "out of memory for uffd bitmaps");
+    int fd = open_uffd();
+    if (fd < 0)
+        return vmm_err(-fd, "userfaultfd: %s (root, or vm.unprivileged_userfaultfd=1, or "
+                       "access to /dev/userfaultfd is needed)", strerror(-fd));
+    atomic_store(&u->fd, fd);
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_EVENT_REMOVE};
+    if (ioctl(fd, UFFDIO_API, &api) < 0)
+        return vmm_err(errno, "UFFDIO_API: %m");
+    struct uffdio_register reg = {
+        .range = {.start = (uint64_t)(uintptr_t)m->base, .len = m->size},
+        .mode = UFFDIO_REGISTER_MODE_MISSING,
+    };
+    if (ioctl(fd, UFFDIO_REGISTER, &reg) < 0)
+        return vmm_err(errno, "UFFDIO_REGISTER of %llu bytes: %m", (unsigned long long)m->size);
+    uint64_t need = (1ULL << _UFFDIO_COPY) | (1ULL << _UFFDIO_ZEROPAGE);
+    if ((reg.ioctls & need) != need)
+        return vmm_err(ENOTSUP, "userfaultfd on this kernel lacks COPY/ZEROPAGE for anon memory");
+    if ((u->ctl = eventfd(0, EFD_CLOEXEC)) < 0)
+        return vmm_err(errno, "eventfd: %m");
+    /* the handler must run before vCPUs do: restore and host reads touch memory too */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int e = pthread_create(&u->thread, NULL, handler_thread, vm);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (e)
+        return vmm_err(e, "starting the uffd handler: %s", strerror(e));
+    u->started = true;
+    return 0;
+}
+
+int uffd_start(struct vmm *vm)
+{
+    if (atomic_load(&vm->uffd->fd) < 0)
+        return vmm_err(EIO, "uffd handler is gone: %s", vm->message);
+    return 0;
+}
+
+void uffd_teardown(struct vmm *vm)
+{
+    struct uffd *u = vm->uffd;
+    if (!u)
+        return;
+    if (u->started) {
+        uint64_t v = CTL_STOP;
+        if (write(u->ctl, &v, sizeof(v)) != sizeof(v))
+            pthread_cancel(u->thread);
+        pthread_join(u->thread, NULL);
+    }
+    int fd = atomic_exchange(&u->fd, -1);
+    if (fd >= 0)
+        close(fd);
+    if (u->ctl >= 0)
+        close(u->ctl);
+    pthread_mutex_destroy(&u->lock);
+    free(u->removed);
+    free(u->seen);
+    free(u->ws);
+    free(u);
+    vm->uffd = NULL;
+}
+
+int uffd_inject_death(struct vmm *vm)
+{
+    if (!vm->uffd || !vm->uffd->started)
+        return vmm_err(EINVAL, "VM has no uffd handler (restore it with the uffd backend)");
+    uint64_t v = CTL_DIE;
+    if (write(vm->uffd->ctl, &v, sizeof(v)) != sizeof(v))
+        return vmm_err(errno, "eventfd write: %m");
+    return 0;
+}
+
+/* ---------- working set file: magic, version, count, u32 pages, crc32c ---------- */
+
+int uffd_save_working_set(struct vmm *vm, const char *path)
+{
+    struct uffd *u = vm->uffd;
+    if (!u)
+        return vmm_err(EINVAL, "VM has no uffd handler: working sets are recorded on uffd restores");
+    struct enc e;
+    enc_init(&e);
+    uint32_t ver = WS_VERSION, count;
+    pthread_mutex_lock(&u->lock);
+    count = (uint32_t)u->ws_len;
+    enc_raw(&e, WS_MAGIC, 8);
+    enc_raw(&e, &ver, 4);
+    enc_raw(&e, &count, 4);
+    enc_raw(&e, u->ws, count * sizeof(uint32_t));
+    pthread_mutex_unlock(&u->lock);
+    uint32_t crc = crc32c(0, e.buf, e.len);
+    enc_raw(&e, &crc, 4);
+    int r = e.err ? vmm_err(ENOMEM, "out of memory") : 0;
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = r ? NULL : fopen(tmp, "wbe");
+    if (!r && !f)
+        r = vmm_err(errno, "create %s: %m", tmp);
+    if (f) {
+        if (fwrite(e.buf, 1, e.len, f) != e.len || fflush(f) || fsync(fileno(f)))
+            r = vmm_err(errno ? errno : EIO, "write %s: %m", tmp);
+        fclose(f);
+        if (!r && rename(tmp, path) < 0)
+            r = vmm_err(errno, "rename to %s: %m", path);
+        if (r)
+            unlink(tmp);
+    }
+    enc_free(&e);
+    return r;
+}
+
+int uffd_prefetch(struct vmm *vm, const char *path)
+{
+    uint8_t *buf;
+    size_t len;
+    int r = vmstate_read_file(path, &buf, &len);
+    if (r)
+        return vmm_err_ctx(r, "working set");
+    uint32_t ver, count, crc;
+    if (len < 20 || memcmp(buf, WS_MAGIC, 8) != 0) {
+        free(buf);
+        return vmm_err(EINVAL, "%s is not a working-set file", path);
+    }
+    memcpy(&ver, buf + 8, 4);
+    memcpy(&count, buf + 12, 4);
+    memcpy(&crc, buf + len - 4, 4);
+    if (ver != WS_VERSION || (size_t)count * 4 + 20 != len || crc != crc32c(0, buf, len - 4)) {
+        free(buf);
+        return vmm_err(EINVAL, "working set %s is corrupt, truncated or of another version", path);
+    }
+    uint8_t *page = aligned_alloc(PAGE_SIZE, PAGE_SIZE);
+    if (!page) {
+        free(buf);
+        return vmm_err(ENOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; i < count && !r; i++) {
+        uint32_t pg;
+        memcpy(&pg, buf + 16 + (size_t)i * 4, 4);
+        if (pg >= vm->mem.npages) {
+            r = vmm_err(EINVAL, "working set names page %u; the VM has %llu", pg,
+                        (unsigned long long)vm->mem.npages);
+            break;
+        }
+        r = install(vm, vm->uffd, pg, page, NULL);
+        if (r == -EAGAIN)
+            r = 0;   /* the handler will serve it on demand */
+        else if (!r)
+            atomic_fetch_add(&vm->st.uffd_prefetched, 1);
+    }
+    free(page);
+    free(buf);
+    return r;
+}
+
+int vmm_working_set_save(struct vmm *vm, const char *path)
+{
+    return uffd_save_working_set(vm, path);
+}

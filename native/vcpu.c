@@ -1,0 +1,227 @@
+/* vcpu.c - one thread per vCPU: run, hand the exit to a bus, repeat; park on pause. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include "internal.h"
+#include "arch.h"
+
+/* A real-time signal nobody else uses; its handler does nothing, it only ends KVM_RUN. */
+#define KICK_SIGNAL (SIGRTMIN + 6)
+
+static void kick_handler(int sig) { (void)sig; }
+
+static int install_kick_handler(void)
+{
+    struct sigaction old, sa = {0};
+    if (sigaction(KICK_SIGNAL, NULL, &old) < 0)
+        return vmm_err(errno, "sigaction: %m");
+    if (old.sa_handler == kick_handler)
+        return 0;
+    if (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN)
+        return vmm_err(EBUSY, "signal %d, used to kick vCPUs, already has a handler",
+                       (int)KICK_SIGNAL);
+    sa.sa_handler = kick_handler;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(KICK_SIGNAL, &sa, NULL) < 0)
+        return vmm_err(errno, "sigaction: %m");
+    return 0;
+}
+
+/*
+ * The pure part of the loop: what one exit means. Everything it reads in kvm_run was written
+ * by KVM on the guest's behalf, so offsets and counts are checked against the mapping.
+ */
+enum exit_action vcpu_handle_exit(struct kvm_run *run, size_t run_size, struct bus *pio,
+                                  struct bus *mmio, char *err, size_t errlen)
+{
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO: {
+        uint64_t size = run->io.size, count = run->io.count, off = run->io.data_offset;
+        if ((size != 1 && size != 2 && size != 4) || off > run_size ||
+            count * size > run_size - off) {
+            snprintf(err, errlen, "bad PIO exit: port 0x%x size %llu count %llu offset %llu",
+                     run->io.port, (unsigned long long)size, (unsigned long long)count,
+                     (unsigned long long)off);
+            return EXIT_ERROR;
+        }
+        uint8_t *data = (uint8_t *)run + off;
+        bool w = run->io.direction == KVM_EXIT_IO_OUT;
+        for (uint64_t i = 0; i < count; i++, data += size)
+            if (!bus_dispatch(pio, run->io.port, data, (uint32_t)size, w) && !w)
+                memset(data, 0xff, size);  /* nothing there: the bus floats high */
+        return EXIT_CONTINUE;
+    }
+    case KVM_EXIT_MMIO: {
+        uint32_t len = run->mmio.len;
+        if (len == 0 || len > sizeof(run->mmio.data)) {
+            snprintf(err, errlen, "bad MMIO exit: length %u at 0x%llx", len,
+                     (unsigned long long)run->mmio.phys_addr);
+            return EXIT_ERROR;
+        }
+        if (!bus_dispatch(mmio, run->mmio.phys_addr, run->mmio.data, len, run->mmio.is_write) &&
+            !run->mmio.is_write)
+            memset(run->mmio.data, 0xff, len);
+        return EXIT_CONTINUE;
+    }
+    case KVM_EXIT_INTR:
+    case KVM_EXIT_IRQ_WINDOW_OPEN:
+        return EXIT_CONTINUE;
+    case KVM_EXIT_SHUTDOWN:
+        return EXIT_SHUTDOWN;
+    case KVM_EXIT_SYSTEM_EVENT:
+        return EXIT_SHUTDOWN;
+    case KVM_EXIT_HLT:
+        snprintf(err, errlen, "guest halted with interrupts it cannot take");
+        return EXIT_STOP;
+    case KVM_EXIT_FAIL_ENTRY:
+        snprintf(err, errlen, "KVM_EXIT_FAIL_ENTRY: hardware reason 0x%llx",
+                 (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+        return EXIT_ERROR;
+    case KVM_EXIT_INTERNAL_ERROR:
+        snprintf(err, errlen, "KVM_EXIT_INTERNAL_ERROR: suberror %u", run->internal.suberror);
+        return EXIT_ERROR;
+    default:
+        snprintf(err, errlen, "unhandled KVM exit reason %u", run->exit_reason);
+        return EXIT_ERROR;
+    }
+}
+
+static bool is_io_exit(struct kvm_run *run)
+{
+    return run->exit_reason == KVM_EXIT_IO;
+}
+
+/* Park while a pause is requested. Returns true when the thread should end. */
+static bool park_if_requested(struct vcpu *c)
+{
+    struct vmm *vm = c->vm;
+    if (!atomic_load(&vm->pause_req) && !atomic_load(&vm->stop_req))
+        return false;
+    pthread_mutex_lock(&vm->lock);
+    while (atomic_load(&vm->pause_req) && !atomic_load(&vm->stop_req)) {
+        if (!c->parked) {
+            c->parked = true;
+            vm->parked++;
+            pthread_cond_broadcast(&vm->cond);
+        }
+        pthread_cond_wait(&vm->cond, &vm->lock);
+    }
+    if (c->parked) {
+        c->parked = false;
+        vm->parked--;
+    }
+    bool stop = atomic_load(&vm->stop_req);
+    pthread_mutex_unlock(&vm->lock);
+    if (!stop)
+        arch_vcpu_resumed(vm, c);
+    return stop;
+}
+
+static void *vcpu_thread(void *arg)
+{
+    struct vcpu *c = arg;
+    struct vmm *vm = c->vm;
+    char err[256];
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, KICK_SIGNAL);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+
+    for (;;) {
+        if (park_if_requested(c))
+            break;
+        int r = ioctl(c->fd, KVM_RUN, 0);
+        atomic_fetch_add(&vm->st.exits_total, 1);
+        if (r < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                /* reset before the next request check, so a kick never goes unseen */
+                c->run->immediate_exit = 0;
+                atomic_fetch_add(&vm->st.exits_intr, 1);
+                continue;
+            }
+            snprintf(err, sizeof(err), "KVM_RUN on vCPU %d: %s", c->id, strerror(errno));
+            vm_end(vm, VMM_STOP_ERROR, 0, err);
+            break;
+        }
+        err[0] = 0;
+        if (is_io_exit(c->run))
+            atomic_fetch_add(&vm->st.exits_io, 1);
+        else if (c->run->exit_reason == KVM_EXIT_MMIO)
+            atomic_fetch_add(&vm->st.exits_mmio, 1);
+        else
+            atomic_fetch_add(&vm->st.exits_other, 1);
+        enum exit_action a = vcpu_handle_exit(c->run, c->run_size, &vm->pio, &vm->mmio, err,
+                                              sizeof(err));
+        if (a == EXIT_SHUTDOWN) {
+            vm_end(vm, VMM_STOP_SHUTDOWN, 0, "guest shut down (triple fault or reset)");
+            break;
+        }
+        if (a == EXIT_STOP) {
+            vm_end(vm, VMM_STOP_SHUTDOWN, 0, err);
+            break;
+        }
+        if (a == EXIT_ERROR) {
+            char msg[300];
+            snprintf(msg, sizeof(msg), "vCPU %d: %s", c->id, err);
+            vm_end(vm, VMM_STOP_ERROR, 0, msg);
+            break;
+        }
+    }
+    pthread_mutex_lock(&vm->lock);
+    vm->live_threads--;
+    pthread_cond_broadcast(&vm->cond);
+    pthread_mutex_unlock(&vm->lock);
+    return NULL;
+}
+
+int vcpus_start(struct vmm *vm)
+{
+    int r = install_kick_handler();
+    if (r)
+        return r;
+    /* vCPU threads take only the kick signal; the caller's signals stay with the caller */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
+        struct vcpu *c = &vm->vcpus[i];
+        pthread_mutex_lock(&vm->lock);
+        vm->live_threads++;
+        pthread_mutex_unlock(&vm->lock);
+        int e = pthread_create(&c->thread, NULL, vcpu_thread, c);
+        if (e) {
+            pthread_mutex_lock(&vm->lock);
+            vm->live_threads--;
+            pthread_mutex_unlock(&vm->lock);
+            r = vmm_err(e, "starting the thread of vCPU %u: %s", i, strerror(e));
+            break;
+        }
+        c->thread_started = true;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return r;
+}
+
+void vcpus_kick(struct vmm *vm)
+{
+    for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
+        struct vcpu *c = &vm->vcpus[i];
+        if (!c->thread_started)
+            continue;
+        c->run->immediate_exit = 1;
+        pthread_kill(c->thread, KICK_SIGNAL);
+    }
+}
+
+void vcpus_join(struct vmm *vm)
+{
+    for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
+        struct vcpu *c = &vm->vcpus[i];
+        if (c->thread_started && !pthread_equal(c->thread, pthread_self())) {
+            pthread_join(c->thread, NULL);
+            c->thread_started = false;
+        }
+    }
+}
