@@ -317,6 +317,7 @@ static int open_layer(const char *dir, const struct memory_section *ms, struct m
 {
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/memory", dir);
+    l->bitmap = NULL;
     l->fd = open(path, O_RDONLY | O_CLOEXEC);
     if (l->fd < 0)
         return vmm_err(errno, "snapshot %s: memory file %s: %m", dir, path);
@@ -347,7 +348,6 @@ static int open_chain(const char *dir, const struct memory_section *top, struct 
             break;
         }
         struct mem_layer *l = &layers[(*n)++];
-        l->fd = -1;
         if ((r = open_layer(cur, &ms, l)) || !ms.diff)
             break;
         uint64_t want = ms.size;

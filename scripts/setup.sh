@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what vmmd needs on a Debian machine, cached outside the repo, and builds the native
+# core into a virtualenv. Idempotent; a second run with nothing changed takes about a second.
+#   VMMD_CACHE   where everything goes (default ~/.cache/vmmd)
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${VMMD_CACHE:-$HOME/.cache/vmmd}
+venv=$cache/venv
+mkdir -p "$cache"
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- Debian packages: only asked for when something is missing ---
+debs=(gcc libc6-dev binutils make python3 python3-venv python3-dev)
+missing=()
+for p in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# a python3 from elsewhere (pyenv) brings its own venv and headers
+if command -v python3 >/dev/null && python3 -c 'import venv, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
+    missing=($(printf '%s\n' "${missing[@]}" | grep -v -x -e python3 -e python3-venv -e python3-dev || true))
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Python: a virtualenv in the cache, rebuilt when the project's build inputs change ---
+stamp=$venv/.vmmd-stamp
+want=$(cat "$repo/pyproject.toml" "$repo/setup.py" | sha256sum | cut -c1-16)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "creating the virtualenv in $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip >/dev/null
+    "$venv/bin/pip" install -q setuptools wheel cffi grpcio-tools
+    "$venv/bin/pip" install -q --no-build-isolation -e "$repo[test]"
+    echo "$want" > "$stamp"
+fi
+
+# --- the native core: rebuilt in place whenever a C file or header is newer than the module ---
+so=$(ls "$repo"/vmmd/_native*.so 2>/dev/null | head -n1 || true)
+if [ -z "$so" ] || [ -n "$(find "$repo/native" -newer "$so" -type f | head -n1)" ]; then
+    log "building the native core"
+    (cd "$repo" && "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
+fi
+# the editable install must point at this checkout (CI clones to a fresh path)
+if ! (cd / && "$venv/bin/python" -c 'import vmmd, sys; sys.exit(0 if vmmd.__file__.startswith(sys.argv[1]) else 1)' "$repo/vmmd") 2>/dev/null; then
+    log "pointing the virtualenv at $repo"
+    "$venv/bin/pip" install -q --no-build-isolation --no-deps -e "$repo"
+fi
+echo "$venv"

@@ -1,0 +1,119 @@
+"""Shared fixtures: the KVM gate and a factory for VMs running the test guests."""
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from guests import LOAD_GPA, PARAMS, RESULTS, STACK_SIZE, STACK_TOP, build  # noqa: E402
+
+REQUIRE_KVM = os.environ.get("VMMD_REQUIRE_KVM") == "1"
+
+
+def kvm_problem() -> str | None:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        return f"/dev/kvm unusable: {e.strerror}"
+    os.close(fd)
+    try:
+        import vmmd._native  # noqa: F401
+    except ImportError as e:
+        return f"native core not built: {e}"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    problem = None
+    for item in items:
+        if "kvm" not in item.keywords:
+            continue
+        problem = problem or kvm_problem()
+        if problem is None:
+            return
+        if REQUIRE_KVM:
+            item.fixturenames.insert(0, "_kvm_required")
+        else:
+            item.add_marker(pytest.mark.skip(reason=problem))
+
+
+@pytest.fixture
+def _kvm_required():
+    pytest.fail(f"VMMD_REQUIRE_KVM=1 but {kvm_problem()}")
+
+
+def params(go=0, iterations=0, pages=0, stride=1, write=0, tick_mask=0) -> bytes:
+    return struct.pack("<6Q", go, iterations, pages, stride, write, tick_mask)
+
+
+class GuestVM:
+    """A native VM plus the conventions of the test guests (params, results, marks)."""
+
+    def __init__(self, vm):
+        self.vm = vm
+
+    def __getattr__(self, name):
+        return getattr(self.vm, name)
+
+    def result(self, cpu: int = 0) -> int:
+        return struct.unpack("<Q", self.vm.mem_read(RESULTS + cpu * 64, 8))[0]
+
+    def set_params(self, **kw) -> None:
+        self.vm.mem_write(PARAMS, params(**kw))
+
+    def go(self) -> None:
+        self.vm.mem_write(PARAMS, struct.pack("<Q", 1))
+
+    def wait_mark(self, value: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.vm.stats()["debug_mark"] != value:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"guest never posted mark {value}: {self.vm.stats()}")
+            time.sleep(0.001)
+
+    def wait_result_above(self, value: int, cpu: int = 0, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while (r := self.result(cpu)) <= value:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"result {r} of vCPU {cpu} never passed {value}")
+            time.sleep(0.001)
+        return r
+
+    def serial_all(self) -> bytes:
+        out = b""
+        while chunk := self.vm.serial_read():
+            out += chunk
+        return out
+
+
+@pytest.fixture
+def microvm_factory():
+    """`microvm_factory("counter", vcpus=2, pages=16)`: a created (not started) test VM."""
+    from vmmd.native import VM
+
+    made = []
+
+    def make(guest: str, *, vcpus: int = 1, mem_size: int = 64 << 20, track_dirty: bool = True,
+             start: bool = False, **guest_params) -> GuestVM:
+        vm = VM.create(vcpus, mem_size, track_dirty=track_dirty, debug_devices=True)
+        made.append(vm)
+        vm.mem_write(PARAMS, params(**guest_params))
+        vm.load_flat(build(guest), LOAD_GPA, stack_top=STACK_TOP, stack_size=STACK_SIZE)
+        if start:
+            vm.start()
+        return GuestVM(vm)
+
+    def restore(directory, backend, **kw) -> GuestVM:
+        vm = VM.restore(directory, backend, **kw)
+        made.append(vm)
+        return GuestVM(vm)
+
+    make.restore = restore
+    yield make
+    for vm in made:
+        vm.close()

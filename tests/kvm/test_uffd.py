@@ -1,0 +1,78 @@
+"""uffd restore: pages arrive lazily, a recorded working set removes most faults, REMOVE works."""
+import pytest
+
+from guests import DATA
+from vmmd.native import Backend
+
+pytestmark = pytest.mark.kvm
+PAGE = 4096
+PAGES = 4096     # 16 MiB of data pages the touch guest walks
+
+
+def expected_sum(pages):
+    return sum(int.from_bytes(p[:8], "little") for p in pages)
+
+
+@pytest.fixture
+def touch_snapshot(microvm_factory, tmp_path):
+    """A touch guest waiting for `go`, its data pages filled, snapshotted."""
+    vm = microvm_factory("touch", pages=PAGES, stride=17)
+    fill = [(i * 0x9E3779B97F4A7C15 & (2**63 - 1)).to_bytes(8, "little") * (PAGE // 8)
+            for i in range(1, PAGES + 1)]
+    vm.mem_write(DATA, b"".join(fill))
+    vm.start()
+    vm.wait_mark(1)
+    vm.pause()
+    vm.snapshot(tmp_path / "snap")
+    return tmp_path / "snap", expected_sum(fill) & (2**64 - 1)
+
+
+def run_touch(vm):
+    vm.go()
+    vm.start()
+    info = vm.wait(30)
+    assert info.exit_code == 0, info
+    return vm.result(), vm.stats()
+
+
+def test_pages_arrive_lazily(microvm_factory, touch_snapshot):
+    snap, want = touch_snapshot
+    vm = microvm_factory.restore(snap, Backend.UFFD)
+    assert vm.stats()["uffd_faults"] == 0
+    total, st = run_touch(vm)
+    assert total == want
+    assert PAGES <= st["uffd_faults"] < PAGES + 64
+    assert st["uffd_fault_ns"] > 0
+
+
+def test_working_set_cuts_faults_of_replay(microvm_factory, touch_snapshot, tmp_path):
+    snap, want = touch_snapshot
+    first = microvm_factory.restore(snap, Backend.UFFD)
+    total1, st1 = run_touch(first)
+    first.save_working_set(tmp_path / "ws")
+    replay = microvm_factory.restore(snap, Backend.UFFD, working_set=tmp_path / "ws")
+    assert replay.stats()["uffd_prefetched"] >= PAGES
+    total2, st2 = run_touch(replay)
+    assert total1 == total2 == want
+    assert st2["uffd_faults"] <= st1["uffd_faults"] * 0.1, (st1, st2)
+
+
+def test_untouched_zero_pages_come_as_zero_pages(microvm_factory, touch_snapshot):
+    snap, _ = touch_snapshot
+    vm = microvm_factory.restore(snap, Backend.UFFD)
+    high = 48 << 20                       # never written: not in the memory file
+    assert vm.mem_read(high, PAGE) == bytes(PAGE)
+    assert vm.stats()["uffd_zero_pages"] == 1
+
+
+@pytest.mark.parametrize("backend", [Backend.MMAP, Backend.UFFD], ids=lambda b: b.name.lower())
+def test_discarded_pages_read_as_zero(microvm_factory, touch_snapshot, backend):
+    snap, _ = touch_snapshot
+    vm = microvm_factory.restore(snap, backend)
+    page = DATA + 5 * PAGE
+    assert vm.mem_read(page, PAGE) != bytes(PAGE)
+    vm.mem_discard(page, 2 * PAGE)
+    assert vm.mem_read(page, 2 * PAGE) == bytes(2 * PAGE)
+    assert vm.mem_read(page + 2 * PAGE, PAGE) != bytes(PAGE)
+    if backend == Backend.UFFD:
+        assert vm.stats()["uffd_removes"] >= 1

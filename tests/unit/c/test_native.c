@@ -1,0 +1,203 @@
+/*
+ * Unit tests of the native core's pure parts, no KVM needed: the exit handler fed synthetic and
+ * hostile kvm_run exits, bus dispatch, and the vmstate reader fed hostile msgpack.
+ * Prints "N passed, N failed" last.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+static int passed, failed;
+
+/* vcpu.c's thread code calls these; the pure exit handler under test never does. */
+void vm_end(struct vmm *vm, int reason, long long code, const char *msg) { abort(); }
+int arch_vcpu_resumed(struct vmm *vm, struct vcpu *c) { abort(); }
+#define CHECK(cond) do { if (cond) passed++; else { failed++; \
+    printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); } } while (0)
+
+struct rec { uint64_t off; uint32_t len; bool w; uint8_t last; int calls; };
+
+static int record(void *ctx, uint64_t off, uint8_t *data, uint32_t len, bool is_write)
+{
+    struct rec *r = ctx;
+    r->off = off; r->len = len; r->w = is_write; r->calls++;
+    if (is_write) r->last = data[0]; else memset(data, 0x42, len);
+    return 0;
+}
+
+static size_t run_size(void) { return 4096; }
+
+static struct kvm_run *new_run(void) { return calloc(1, run_size()); }
+
+static void test_pio_out_dispatches_every_rep(void)
+{
+    struct bus pio = {0}, mmio = {0};
+    struct rec r = {0};
+    char err[128];
+    CHECK(bus_add(&pio, 0x3f8, 8, record, &r) == 0);
+    struct kvm_run *run = new_run();
+    run->exit_reason = KVM_EXIT_IO;
+    run->io.direction = KVM_EXIT_IO_OUT;
+    run->io.port = 0x3f8; run->io.size = 1; run->io.count = 3; run->io.data_offset = 1024;
+    memcpy((uint8_t *)run + 1024, "abc", 3);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(r.calls == 3 && r.last == 'c' && r.w);
+    free(run);
+}
+
+static void test_pio_read_of_nothing_floats_high(void)
+{
+    struct bus pio = {0}, mmio = {0};
+    char err[128];
+    struct kvm_run *run = new_run();
+    run->exit_reason = KVM_EXIT_IO;
+    run->io.direction = KVM_EXIT_IO_IN;
+    run->io.port = 0x80; run->io.size = 4; run->io.count = 1; run->io.data_offset = 1024;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(*(uint32_t *)((uint8_t *)run + 1024) == 0xffffffffu);
+    free(run);
+}
+
+static void test_hostile_pio_exits_are_errors(void)
+{
+    struct bus pio = {0}, mmio = {0};
+    char err[128];
+    struct kvm_run *run = new_run();
+    run->exit_reason = KVM_EXIT_IO;
+    run->io.size = 4; run->io.count = 2000; run->io.data_offset = 1024;      /* past the page */
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    run->io.count = 1000;                                                   /* fits, not at 1024 */
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    run->io.count = 1; run->io.data_offset = 1u << 30;                      /* offset outside */
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    run->io.data_offset = 1024; run->io.size = 3;                            /* no such width */
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    run->io.size = 1; run->io.count = 0xffffffffu; run->io.data_offset = 8;  /* wraps if unchecked */
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    free(run);
+}
+
+static void test_mmio_dispatch_and_bad_length(void)
+{
+    struct bus pio = {0}, mmio = {0};
+    struct rec r = {0};
+    char err[128];
+    CHECK(bus_add(&mmio, 0xd0000000, 0x1000, record, &r) == 0);
+    struct kvm_run *run = new_run();
+    run->exit_reason = KVM_EXIT_MMIO;
+    run->mmio.phys_addr = 0xd0000010; run->mmio.len = 8; run->mmio.is_write = 0;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(r.off == 0x10 && r.len == 8 && run->mmio.data[7] == 0x42);
+    run->mmio.phys_addr = 0xd0000ffc;          /* straddles the end: nobody owns it */
+    r.calls = 0;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(r.calls == 0 && run->mmio.data[0] == 0xff);
+    run->mmio.len = 9;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    run->mmio.len = 0;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    free(run);
+}
+
+static void test_other_exits(void)
+{
+    struct bus pio = {0}, mmio = {0};
+    char err[128];
+    struct kvm_run *run = new_run();
+    run->exit_reason = KVM_EXIT_SHUTDOWN;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_SHUTDOWN);
+    run->exit_reason = KVM_EXIT_INTR;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
+    run->exit_reason = KVM_EXIT_INTERNAL_ERROR;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(strstr(err, "INTERNAL_ERROR") != NULL);
+    run->exit_reason = 9999;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    free(run);
+}
+
+static void test_bus_refuses_overlap_and_wrap(void)
+{
+    struct bus b = {0};
+    struct rec r = {0};
+    CHECK(bus_add(&b, 0x100, 0x10, record, &r) == 0);
+    CHECK(bus_add(&b, 0x108, 0x10, record, &r) < 0);
+    CHECK(bus_add(&b, 0x0f8, 0x10, record, &r) < 0);
+    CHECK(bus_add(&b, ~0ULL - 4, 0x10, record, &r) < 0);
+    CHECK(bus_add(&b, 0x50, 0x10, record, &r) == 0);   /* sorted insert before */
+    uint8_t d[1];
+    CHECK(bus_dispatch(&b, 0x55, d, 1, false) == 1 && r.off == 5);
+    CHECK(bus_dispatch(&b, 0x60, d, 1, false) == 0);
+}
+
+static void test_codec_round_trip(void)
+{
+    struct enc e;
+    enc_init(&e);
+    enc_map(&e, 3);
+    enc_kv_uint(&e, "a", 0x123456789ULL);
+    enc_kv_bin(&e, "b", "xyz", 3);
+    enc_kv_str(&e, "c", "hello");
+    const uint8_t *p = e.buf;
+    struct dec_val v;
+    struct dec_map m;
+    uint64_t u;
+    char s[8];
+    uint8_t b[3];
+    CHECK(dec_next(&p, e.buf + e.len, &v) == 0 && dec_as_map(&v, &m, "t") == 0);
+    CHECK(dec_get_uint(&m, "a", &u) == 0 && u == 0x123456789ULL);
+    CHECK(dec_get_bin_exact(&m, "b", b, 3) == 0 && memcmp(b, "xyz", 3) == 0);
+    CHECK(dec_get_bin_exact(&m, "b", b, 2) < 0);            /* wrong size refused */
+    CHECK(dec_get_str(&m, "c", s, sizeof(s)) == 0 && strcmp(s, "hello") == 0);
+    CHECK(dec_get_str(&m, "c", s, 3) < 0);                  /* does not fit: refused */
+    CHECK(dec_get_uint(&m, "b", &u) < 0);                   /* wrong type */
+    CHECK(dec_get_uint(&m, "zz", &u) < 0);                  /* missing */
+    for (size_t cut = 0; cut < e.len; cut++) {              /* every truncation is caught */
+        p = e.buf;
+        CHECK(dec_next(&p, e.buf + cut, &v) < 0);
+    }
+    enc_free(&e);
+}
+
+static void test_codec_hostile_input(void)
+{
+    const uint8_t *p;
+    struct dec_val v;
+    uint8_t huge_bin[] = {0xc6, 0xff, 0xff, 0xff, 0xff, 0};        /* 4 GiB bin in 6 bytes */
+    p = huge_bin;
+    CHECK(dec_next(&p, huge_bin + sizeof(huge_bin), &v) < 0);
+    uint8_t huge_map[] = {0xdf, 0xff, 0xff, 0xff, 0xff};             /* 4G entries, no data */
+    p = huge_map;
+    CHECK(dec_next(&p, huge_map + sizeof(huge_map), &v) < 0);
+    uint8_t deep[64];
+    memset(deep, 0x91, sizeof(deep));                                /* [[[[...]]]] */
+    p = deep;
+    CHECK(dec_next(&p, deep + sizeof(deep), &v) < 0);
+    uint8_t unknown[] = {0xc1};                                      /* never used */
+    p = unknown;
+    CHECK(dec_next(&p, unknown + 1, &v) < 0);
+    uint8_t neg[] = {0xff};                                          /* negative fixint: unused */
+    p = neg;
+    CHECK(dec_next(&p, neg + 1, &v) < 0);
+}
+
+static void test_crc32c_known_value(void)
+{
+    CHECK(crc32c(0, "123456789", 9) == 0xE3069283u);   /* the standard check value */
+}
+
+int main(void)
+{
+    test_pio_out_dispatches_every_rep();
+    test_pio_read_of_nothing_floats_high();
+    test_hostile_pio_exits_are_errors();
+    test_mmio_dispatch_and_bad_length();
+    test_other_exits();
+    test_bus_refuses_overlap_and_wrap();
+    test_codec_round_trip();
+    test_codec_hostile_input();
+    test_crc32c_known_value();
+    printf("native: %d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
