@@ -14,7 +14,7 @@
 #define FLOOR_SERIAL_PORT 0x3f8
 
 int vmm_bench_floor(const char *memory_file, unsigned long long mem_size,
-                    unsigned long long rip, unsigned long long rsp,
+                    const void *regs, unsigned long long regs_len,
                     unsigned long long *first_byte_ns)
 {
     int r = 0, kvm = -1, vmfd = -1, cpu = -1, fd = -1;
@@ -42,7 +42,7 @@ int vmm_bench_floor(const char *memory_file, unsigned long long mem_size,
     run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
     run = mmap(NULL, (size_t)run_size, PROT_READ | PROT_WRITE, MAP_SHARED, cpu, 0);
     if (run == MAP_FAILED) { r = vmm_err(errno, "mmap kvm_run: %m"); goto out; }
-    if ((r = arch_flat_vcpu_regs(kvm, vmfd, cpu, rip, rsp)))
+    if ((r = arch_flat_vcpu_regs(cpu, regs, regs_len)))
         goto out;
     for (int exits = 0; exits < 100000; exits++) {
         if (ioctl(cpu, KVM_RUN, 0) < 0 && errno != EINTR) { r = vmm_err(errno, "KVM_RUN: %m"); goto out; }

@@ -152,7 +152,8 @@ struct vmm {
 
 /* Called from any thread: ends the VM (guest stop, shutdown or error) and wakes everyone. */
 void vm_end(struct vmm *vm, int reason, long long code, const char *msg);
-int vm_build(const struct vmm_config *cfg, int backend, struct vmm **out);
+int vm_build(const struct vmm_config *cfg, int backend, struct mem_layer *layers, int nlayers,
+             struct vmm **out);
 
 /* ---- snapshots ---- */
 int vmstate_frame(const struct enc *body, struct enc *out);

@@ -498,14 +498,8 @@ int vmm_restore(const char *dir, const struct vmm_restore_opts *opts, struct vmm
     if ((r = open_chain(real, &ms, layers, &nlayers)))
         goto out;
     cfg.track_dirty = opts && opts->track_dirty;
-    if ((r = vm_build(&cfg, backend, &vm)))
-        goto out;
-    memcpy(vm->mem.layers, layers, sizeof(layers[0]) * (size_t)nlayers);
-    vm->mem.nlayers = nlayers;
-    nlayers = 0;   /* the VM owns them now */
-    r = backend == VMM_MEM_MMAP ? mem_map_layers(&vm->mem) : uffd_setup(vm);
-    if (!r)
-        r = mem_register_kvm(vm, cfg.track_dirty);
+    r = vm_build(&cfg, backend, layers, nlayers, &vm);
+    nlayers = 0;   /* vm_build owns them, even when it fails */
     if (!r)
         r = apply_sections(vm, &p.root);
     if (!r && backend == VMM_MEM_UFFD && opts && opts->working_set)

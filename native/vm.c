@@ -46,15 +46,43 @@ static int check_config(const struct vmm_config *cfg)
     return 0;
 }
 
-/* Everything but memory contents and vCPU registers: shared by create and restore. */
-int vm_build(const struct vmm_config *cfg, int backend, struct vmm **out)
+/* Guest memory as the backend wants it, registered with KVM. */
+static int build_memory(struct vmm *vm, int backend, struct mem_layer *layers, int nlayers)
 {
-    int r = check_config(cfg);
+    uint64_t gpas[VMM_MAX_REGIONS], sizes[VMM_MAX_REGIONS];
+    int n = arch_memory_layout(vm->cfg.mem_size, gpas, sizes, VMM_MAX_REGIONS);
+    if (n < 0)
+        return n;
+    int r = mem_alloc(&vm->mem, gpas, sizes, n, backend);
     if (r)
         return r;
-    struct vmm *vm = calloc(1, sizeof(*vm));
-    if (!vm)
-        return vmm_err(ENOMEM, "out of memory for the VM");
+    memcpy(vm->mem.layers, layers, sizeof(layers[0]) * (size_t)nlayers);
+    vm->mem.nlayers = nlayers;
+    if (backend == VMM_MEM_MMAP)
+        r = mem_map_layers(&vm->mem);
+    else if (backend == VMM_MEM_UFFD)
+        r = uffd_setup(vm);
+    return r ? r : mem_register_kvm(vm, vm->cfg.track_dirty);
+}
+
+/*
+ * Everything but memory contents and vCPU registers: shared by create and restore. `layers` are
+ * the snapshot's memory files for the mmap and uffd backends; the VM owns them from here on,
+ * even when this fails.
+ */
+int vm_build(const struct vmm_config *cfg, int backend, struct mem_layer *layers, int nlayers,
+             struct vmm **out)
+{
+    int r = check_config(cfg);
+    struct vmm *vm = r ? NULL : calloc(1, sizeof(*vm));
+    if (!vm) {
+        for (int i = 0; i < nlayers; i++) {
+            if (layers[i].fd >= 0)
+                close(layers[i].fd);
+            free(layers[i].bitmap);
+        }
+        return r ? r : vmm_err(ENOMEM, "out of memory for the VM");
+    }
     vm->cfg = *cfg;
     vm->kvm_fd = vm->vm_fd = -1;
     for (int i = 0; i < VMM_MAX_VCPUS; i++)
@@ -67,8 +95,6 @@ int vm_build(const struct vmm_config *cfg, int backend, struct vmm **out)
     pthread_condattr_destroy(&ca);
     vm->state = VMM_STATE_CREATED;
 
-    uint64_t gpas[VMM_MAX_REGIONS], sizes[VMM_MAX_REGIONS];
-    int n;
     if ((vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)) < 0) {
         r = vmm_err(errno, "open /dev/kvm: %m (is KVM available and are you in the kvm group?)");
         goto fail;
@@ -83,11 +109,9 @@ int vm_build(const struct vmm_config *cfg, int backend, struct vmm **out)
     }
     if ((r = arch_vm_init(vm)))
         goto fail;
-    if ((n = arch_memory_layout(cfg->mem_size, gpas, sizes, VMM_MAX_REGIONS)) < 0) {
-        r = n;
-        goto fail;
-    }
-    if ((r = mem_alloc(&vm->mem, gpas, sizes, n, backend)))
+    r = build_memory(vm, backend, layers, nlayers);
+    nlayers = 0;
+    if (r || (r = arch_irqchip_init(vm)))
         goto fail;
     int run_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
     if (run_size < (int)sizeof(struct kvm_run)) {
@@ -109,14 +133,20 @@ int vm_build(const struct vmm_config *cfg, int backend, struct vmm **out)
             r = vmm_err(errno, "mmap of vCPU %u's kvm_run: %m", i);
             goto fail;
         }
-        if ((r = arch_vcpu_init(vm, c)))
-            goto fail;
     }
     if ((r = arch_platform_devices(vm)))
         goto fail;
     *out = vm;
     return 0;
 fail:
+    if (nlayers) {   /* failed before memory took them over */
+        vm->mem.nlayers = 0;
+        for (int i = 0; i < nlayers; i++) {
+            if (layers[i].fd >= 0)
+                close(layers[i].fd);
+            free(layers[i].bitmap);
+        }
+    }
     vmm_destroy(vm);
     return r;
 }
@@ -124,13 +154,14 @@ fail:
 int vmm_create(const struct vmm_config *cfg, struct vmm **out)
 {
     struct vmm *vm;
-    int r = vm_build(cfg, VMM_MEM_ANON, &vm);
+    int r = vm_build(cfg, VMM_MEM_ANON, NULL, 0, &vm);
     if (r)
         return r;
-    if ((r = mem_register_kvm(vm, cfg->track_dirty))) {
-        vmm_destroy(vm);
-        return r;
-    }
+    for (unsigned i = 0; i < cfg->vcpus; i++)
+        if ((r = arch_vcpu_defaults(vm, &vm->vcpus[i]))) {
+            vmm_destroy(vm);
+            return r;
+        }
     *out = vm;
     return 0;
 }

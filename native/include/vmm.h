@@ -146,9 +146,10 @@ enum vmm_inject {
 int vmm_inject(struct vmm *vm, int what);
 
 /* Measurement helpers for benches/: each measures the floor a real path is compared with. */
-/* mmap + KVM_CREATE_VM + vCPU + registers, run until the first serial byte. */
+/* mmap + KVM_CREATE_VM + vCPU + registers, run until the first serial byte. `regs` is vCPU 0's
+ * "regs" field from a snapshot's vmstate (the general registers as KVM stores them). */
 int vmm_bench_floor(const char *memory_file, unsigned long long mem_size,
-                    unsigned long long rip, unsigned long long rsp,
+                    const void *regs, unsigned long long regs_len,
                     unsigned long long *first_byte_ns);
 /* A raw UFFDIO_COPY loop over npages; nanoseconds it took. */
 int vmm_bench_uffd_copy(unsigned long long npages, unsigned long long *ns);

@@ -42,9 +42,11 @@ static int cmp_msr(const void *a, const void *b)
 }
 
 /* Which MSRs this host's KVM lets us read from a vCPU: the index list, minus any GET refuses. */
-static int probe_msrs(struct vmm *vm, int vcpu_fd)
+int x86_probe_msrs(struct vmm *vm, int vcpu_fd)
 {
     struct x86_vm *a = x86(vm);
+    if (a->msrs_probed)
+        return 0;
     struct {
         struct kvm_msr_list h;
         uint32_t idx[X86_MAX_MSRS];
@@ -61,6 +63,7 @@ static int probe_msrs(struct vmm *vm, int vcpu_fd)
             a->msrs[a->nmsrs++] = list.idx[i];
     }
     qsort(a->msrs, a->nmsrs, sizeof(uint32_t), cmp_msr);
+    a->msrs_probed = true;
     return 0;
 }
 
@@ -70,9 +73,6 @@ int x86_probe(struct vmm *vm)
     if (!a)
         return vmm_err(ENOMEM, "out of memory for x86 VM data");
     vm->arch = a;
-    a->cpuid.h.nent = X86_MAX_CPUID;
-    if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, &a->cpuid) < 0)
-        return vmm_err(errno, "KVM_GET_SUPPORTED_CPUID: %m");
     int xs = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
     a->xsave_size = xs > (int)sizeof(struct kvm_xsave) ? (uint32_t)xs : sizeof(struct kvm_xsave);
     return 0;
@@ -95,9 +95,15 @@ static void normalize_cpuid(struct kvm_cpuid2 *c, int id)
     }
 }
 
-int arch_vcpu_init(struct vmm *vm, struct vcpu *c)
+int arch_vcpu_defaults(struct vmm *vm, struct vcpu *c)
 {
     struct x86_vm *a = x86(vm);
+    if (!a->cpuid_fetched) {
+        a->cpuid.h.nent = X86_MAX_CPUID;
+        if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, &a->cpuid) < 0)
+            return vmm_err(errno, "KVM_GET_SUPPORTED_CPUID: %m");
+        a->cpuid_fetched = true;
+    }
     struct {
         struct kvm_cpuid2 h;
         struct kvm_cpuid_entry2 e[X86_MAX_CPUID];
@@ -106,8 +112,6 @@ int arch_vcpu_init(struct vmm *vm, struct vcpu *c)
     normalize_cpuid(&cpuid.h, c->id);
     if (ioctl(c->fd, KVM_SET_CPUID2, &cpuid) < 0)
         return vmm_err(errno, "KVM_SET_CPUID2 on vCPU %d: %m", c->id);
-    if (c->id == 0)
-        return probe_msrs(vm, c->fd);
     return 0;
 }
 
@@ -189,9 +193,14 @@ int arch_flat_boot(struct vmm *vm, const struct vmm_flat_boot *b)
     return 0;
 }
 
-int arch_flat_vcpu_regs(int kvm_fd, int vm_fd, int vcpu_fd, uint64_t rip, uint64_t rsp)
+int arch_flat_vcpu_regs(int vcpu_fd, const void *regs, size_t len)
 {
-    (void)kvm_fd;
-    (void)vm_fd;
-    return flat_regs(vcpu_fd, rip, rsp, 0);
+    struct kvm_regs r;
+    if (len != sizeof(r))
+        return vmm_err(EINVAL, "regs are %zu bytes; struct kvm_regs is %zu", len, sizeof(r));
+    memcpy(&r, regs, sizeof(r));
+    int rc = flat_regs(vcpu_fd, r.rip, r.rsp, r.rdi);
+    if (!rc && ioctl(vcpu_fd, KVM_SET_REGS, &r) < 0)
+        rc = vmm_err(errno, "KVM_SET_REGS: %m");
+    return rc;
 }

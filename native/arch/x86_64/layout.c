@@ -44,6 +44,11 @@ int arch_vm_init(struct vmm *vm)
         return vmm_err(errno, "KVM_SET_TSS_ADDR: %m");
     if (ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &ident) < 0)
         return vmm_err(errno, "KVM_SET_IDENTITY_MAP_ADDR: %m");
+    return 0;
+}
+
+int arch_irqchip_init(struct vmm *vm)
+{
     if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
         return vmm_err(errno, "KVM_CREATE_IRQCHIP: %m");
     struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};

@@ -66,6 +66,9 @@ struct cpuid_buf {
 int arch_vcpu_save(struct vmm *vm, struct vcpu *c, struct enc *e)
 {
     struct x86_vm *a = x86(vm);
+    int r = x86_probe_msrs(vm, vm->vcpus[0].fd);
+    if (r)
+        return r;
     struct kvm_regs regs;
     struct kvm_sregs sregs;
     struct kvm_xcrs xcrs;
@@ -87,7 +90,6 @@ int arch_vcpu_save(struct vmm *vm, struct vcpu *c, struct enc *e)
     }
     for (uint32_t i = 0; i < a->nmsrs; i++)
         msrs.e[i].index = a->msrs[i];
-    int r = 0;
     if (ioctl(fd, KVM_GET_REGS, &regs) < 0) r = vmm_err(errno, "KVM_GET_REGS: %m");
     else if (ioctl(fd, KVM_GET_SREGS, &sregs) < 0) r = vmm_err(errno, "KVM_GET_SREGS: %m");
     else if (ioctl(fd, KVM_GET_XCRS, &xcrs) < 0) r = vmm_err(errno, "KVM_GET_XCRS: %m");

@@ -1,0 +1,80 @@
+"""Restore latency: snapshot -> first guest serial byte, against the floor and a cold start.
+
+floor: mmap of the memory file + KVM_CREATE_VM + one vCPU + registers, nothing else (C, same run).
+cold: a new VM of the same size, the guest loaded and booted to its first byte.
+Targets: restore within 3x of the floor; with mmap, 2 GiB within 1.5x of 256 MiB.
+"""
+import time
+
+import pytest
+
+from conftest import LOAD_GPA, STACK_TOP, build, median, report
+from vmmd._native import ffi, lib
+from vmmd.native import VM, Backend
+
+ROUNDS = 15
+SIZES = {"256m": 256 << 20, "2g": 2 << 30}
+LAT: dict[tuple[str, str], float] = {}
+
+
+def first_byte_latency(make) -> float:
+    """Seconds from before `make()` to the first serial byte of the VM it returns."""
+    t0 = time.monotonic_ns()
+    vm = make()
+    vm.start()
+    while not (first := vm.stats()["first_serial_ns"]):
+        pass
+    vm.close()
+    return (first - t0) / 1e9
+
+
+def measure(benchmark, key, fn):
+    lats = []
+    benchmark.pedantic(lambda: lats.append(fn()), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    LAT[key] = median(lats[1:] if len(lats) > 1 else lats)
+    benchmark.extra_info["first_byte_ms_median"] = LAT[key] * 1e3
+    return LAT[key]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_floor(benchmark, guest_snapshot, size):
+    d, regs = guest_snapshot("beacon", SIZES[size])
+    out = ffi.new("unsigned long long *")
+
+    def floor():
+        t0 = time.monotonic_ns()
+        rc = lib.vmm_bench_floor(str(d / "memory").encode(), SIZES[size], regs, len(regs), out)
+        assert rc == 0, ffi.string(lib.vmm_last_error())
+        return (out[0] - t0) / 1e9
+
+    v = measure(benchmark, (size, "floor"), floor)
+    report("restore latency", f"floor {size} (ms)", v * 1e3)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_cold_start(benchmark, size):
+    image = build("beacon")
+
+    def cold():
+        vm = VM.create(1, SIZES[size], debug_devices=True)
+        vm.load_flat(image, LOAD_GPA, stack_top=STACK_TOP)
+        return vm
+
+    v = measure(benchmark, (size, "cold"), lambda: first_byte_latency(cold))
+    report("restore latency", f"cold start {size} (ms)", v * 1e3)
+
+
+@pytest.mark.parametrize("backend", [Backend.MMAP, Backend.UFFD], ids=lambda b: b.name.lower())
+@pytest.mark.parametrize("size", SIZES)
+def test_restore(benchmark, guest_snapshot, size, backend):
+    d, _ = guest_snapshot("beacon", SIZES[size])
+    name = backend.name.lower()
+    v = measure(benchmark, (size, name), lambda: first_byte_latency(lambda: VM.restore(d, backend)))
+    report("restore latency", f"{name} {size} (ms)", v * 1e3)
+    if (size, "floor") in LAT:
+        report("restore latency", f"{name} {size} / floor", v / LAT[(size, "floor")], "target <= 3")
+    if (size, "cold") in LAT:
+        report("restore latency", f"{name} {size} / cold start", v / LAT[(size, "cold")])
+    if size == "2g" and ("256m", name) in LAT:
+        report("restore latency", f"{name} 2g / 256m", v / LAT[("256m", name)],
+               "target <= 1.5" if backend == Backend.MMAP else "")

@@ -1,0 +1,74 @@
+"""Shared bench fixtures: snapshots of the beacon guest, and a ratio table printed at the end.
+
+Every target is a ratio against a baseline measured in the same run, never an absolute time:
+these machines are noisy.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import struct
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from guests import DATA, LOAD_GPA, PARAMS, RESULTS, STACK_TOP, build  # noqa: E402,F401
+
+RESULTS_TABLE: list[tuple[str, str, float, str]] = []
+
+
+def report(group: str, name: str, value: float, note: str = "") -> None:
+    RESULTS_TABLE.append((group, name, value, note))
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS_TABLE:
+        return
+    tr = terminalreporter
+    tr.section("vmmd bench ratios (same-run baselines)")
+    for group, name, value, note in RESULTS_TABLE:
+        tr.write_line(f"{group:28} {name:44} {value:10.3f}  {note}")
+
+
+@pytest.fixture(scope="session")
+def guest_snapshot(tmp_path_factory):
+    """guest_snapshot(guest, mem, **params) -> (dir, vCPU 0 regs): a snapshot taken mid-run."""
+    from vmmd.native import VM
+
+    made = {}
+
+    def make(guest: str, mem: int, fill_pages: int = 0, mark: int | None = None, **p):
+        key = (guest, mem, fill_pages, mark, tuple(sorted(p.items())))
+        if key in made:
+            return made[key]
+        d = tmp_path_factory.mktemp(f"{guest}-{mem >> 20}m")
+        vm = VM.create(1, mem, debug_devices=True)
+        vm.mem_write(PARAMS, struct.pack("<6Q", p.get("go", 0), 0, p.get("pages", 0),
+                                         p.get("stride", 1), p.get("write", 0), 0))
+        for i in range(fill_pages):   # distinct content, so nothing is a hole in the file
+            vm.mem_write(DATA + i * 4096, struct.pack("<Q", i + 1) * 512)
+        vm.load_flat(build(guest), LOAD_GPA, stack_top=STACK_TOP)
+        vm.start()
+        if mark is not None:
+            import time
+            while vm.stats()["debug_mark"] != mark:
+                time.sleep(0.001)
+        else:
+            while vm.stats()["serial_bytes"] < 100:
+                pass
+        vm.pause()
+        vm.snapshot(d)
+        import msgpack
+        blob = (d / "vmstate").read_bytes()
+        body = msgpack.unpackb(blob[24:-4], raw=False)
+        vm.close()
+        made[key] = (d, body["vcpu"][0]["regs"])
+        return made[key]
+
+    return make
