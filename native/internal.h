@@ -121,7 +121,7 @@ void vcpus_join(struct vmm *vm);
 /* ---- the VM ---- */
 struct vm_stats {
     _Atomic uint64_t exits_total, exits_io, exits_mmio, exits_intr, exits_other, io_unhandled;
-    _Atomic uint64_t uffd_faults, uffd_zero_pages, uffd_prefetched, uffd_removes, uffd_fault_ns;
+    _Atomic uint64_t uffd_faults, uffd_pages, uffd_zero_pages, uffd_prefetched, uffd_removes, uffd_fault_ns;
     _Atomic uint64_t debug_mark, debug_marks;
 };
 

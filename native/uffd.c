@@ -1,8 +1,11 @@
 /*
  * uffd.c - lazy guest memory: anonymous pages registered with userfaultfd, served on first
  * touch from the snapshot's layer chain (diff -> parent -> base), zero where no layer has the
- * page or the guest gave it back (REMOVE). The handler records first-touch order as the
- * working set a later restore installs up front. If the handler dies the VM fails loudly.
+ * page or the guest gave it back (REMOVE). Each fault also installs the rest of its 64 KiB block
+ * that the layers hold (fault-around): one wake-up for many pages, which matters because waking
+ * the faulting vCPU is most of a fault's cost (docs/kvm-notes.md). The handler records the order
+ * pages were installed in as the working set a later restore installs up front. If the handler
+ * dies the VM fails loudly.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +28,7 @@
 #define CTL_DIE 2
 #define MSG_BATCH 64
 #define EAGAIN_RETRIES 1000
+#define AROUND_PAGES 16           /* fault-around block: Linux's fault_around_bytes default */
 
 struct uffd {
     _Atomic int fd;
@@ -32,10 +36,10 @@ struct uffd {
     pthread_t thread;
     bool started;
     uint8_t *removed;         /* discarded since restore: their layer data is stale */
-    uint8_t *seen;
-    uint32_t *ws;             /* first-touch order */
+    uint8_t *installed;       /* present now; every population goes through us (MISSING mode) */
+    uint32_t *ws;             /* installation order */
     size_t ws_len, ws_cap;
-    pthread_mutex_t lock;     /* ws and seen */
+    pthread_mutex_t lock;     /* ws, installed */
 };
 
 static int open_uffd(void)
@@ -53,70 +57,153 @@ static int open_uffd(void)
     return fd < 0 ? -e : fd;
 }
 
-/* Fills `buf` with page `pg` as the chain has it; *zero when no layer holds it. */
-static int resolve(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf, bool *zero)
+/* The layer holding page `pg`, or -1: zero (no layer has it, or the guest discarded it). */
+static int layer_of(const struct vmm *vm, const struct uffd *u, uint64_t pg)
 {
-    struct guest_mem *m = &vm->mem;
-    *zero = true;
     if (bit_test(u->removed, pg))
-        return 0;
-    for (int l = 0; l < m->nlayers; l++) {
-        if (!bit_test(m->layers[l].bitmap, pg))
-            continue;
-        ssize_t r = pread(m->layers[l].fd, buf, PAGE_SIZE, (off_t)(pg * PAGE_SIZE));
-        if (r != (ssize_t)PAGE_SIZE)
-            return vmm_err(r < 0 ? errno : EIO, "memory file of layer %d cannot give page %llu: "
-                           "%s", l, (unsigned long long)pg, r < 0 ? strerror(errno) : "truncated");
-        *zero = false;
-        return 0;
-    }
-    return 0;
+        return -1;
+    for (int l = 0; l < vm->mem.nlayers; l++)
+        if (bit_test(vm->mem.layers[l].bitmap, pg))
+            return l;
+    return -1;
 }
 
-/* 0 installed (or already there), -EAGAIN retry after events, other -errno fatal. */
-static int install(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf, bool *was_zero)
+static int read_pages(struct vmm *vm, int layer, uint64_t pg, uint64_t n, uint8_t *dst)
 {
-    bool zero;
-    int r = resolve(vm, u, pg, buf, &zero);
-    if (r)
-        return r;
-    uint64_t dst = (uint64_t)(uintptr_t)(vm->mem.base + pg * PAGE_SIZE);
-    int fd = atomic_load(&u->fd);
-    if (zero) {
-        struct uffdio_zeropage z = {.range = {.start = dst, .len = PAGE_SIZE}};
-        r = ioctl(fd, UFFDIO_ZEROPAGE, &z);
-    } else {
-        struct uffdio_copy c = {.dst = dst, .src = (uint64_t)(uintptr_t)buf, .len = PAGE_SIZE};
-        r = ioctl(fd, UFFDIO_COPY, &c);
-    }
-    if (r < 0 && errno == EEXIST)
-        r = 0;
-    if (r < 0)
-        return errno == EAGAIN ? -EAGAIN
-                               : vmm_err(errno, "%s of page %llu: %m", zero ? "UFFDIO_ZEROPAGE"
-                                         : "UFFDIO_COPY", (unsigned long long)pg);
-    if (was_zero)
-        *was_zero = zero;
+    size_t len = n * PAGE_SIZE;
+    ssize_t r = pread(vm->mem.layers[layer].fd, dst, len, (off_t)(pg * PAGE_SIZE));
+    if (r != (ssize_t)len)
+        return vmm_err(r < 0 ? errno : EIO, "memory file of layer %d cannot give page %llu: %s",
+                       layer, (unsigned long long)pg, r < 0 ? strerror(errno) : "truncated");
     return 0;
 }
 
-static void record(struct uffd *u, uint64_t pg)
+static void record(struct uffd *u, uint64_t first, uint64_t n)
 {
     pthread_mutex_lock(&u->lock);
-    if (!bit_test(u->seen, pg)) {
-        bit_set(u->seen, pg);
+    for (uint64_t pg = first; pg < first + n; pg++) {
+        if (bit_test(u->installed, pg))
+            continue;
+        bit_set(u->installed, pg);
         if (u->ws_len == u->ws_cap) {
             size_t cap = u->ws_cap ? u->ws_cap * 2 : 4096;
-            uint32_t *n = realloc(u->ws, cap * sizeof(*n));
-            if (n) {
-                u->ws = n;
-                u->ws_cap = cap;
-            }
+            uint32_t *nw = realloc(u->ws, cap * sizeof(*nw));
+            if (!nw)
+                continue;   /* the working set is an optimisation: a gap in it costs a fault */
+            u->ws = nw;
+            u->ws_cap = cap;
         }
-        if (u->ws_len < u->ws_cap)
-            u->ws[u->ws_len++] = (uint32_t)pg;
+        u->ws[u->ws_len++] = (uint32_t)pg;
     }
     pthread_mutex_unlock(&u->lock);
+}
+
+/*
+ * Installs pages [first, first+n), all held by layers, with one UFFDIO_COPY; `buf` has room for
+ * n pages. Pages someone installed meanwhile (EEXIST) are stepped over. 0, -EAGAIN, or fatal.
+ */
+static int copy_run(struct vmm *vm, struct uffd *u, uint64_t first, uint64_t n, uint8_t *buf,
+                    bool wake, uint64_t *done)
+{
+    int r;
+    for (uint64_t i = 0, j; i < n; i = j) {   /* one read per stretch held by the same layer */
+        int layer = layer_of(vm, u, first + i);
+        for (j = i + 1; j < n && layer_of(vm, u, first + j) == layer; j++)
+            ;
+        if ((r = read_pages(vm, layer, first + i, j - i, buf + i * PAGE_SIZE)))
+            return r;
+    }
+    uint64_t off = 0;
+    while (off < n) {
+        struct uffdio_copy c = {
+            .dst = (uint64_t)(uintptr_t)(vm->mem.base + (first + off) * PAGE_SIZE),
+            .src = (uint64_t)(uintptr_t)(buf + off * PAGE_SIZE),
+            .len = (n - off) * PAGE_SIZE,
+            .mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
+        };
+        if (ioctl(atomic_load(&u->fd), UFFDIO_COPY, &c) == 0) {
+            *done += n - off;
+            return 0;
+        }
+        int64_t copied = c.copy > 0 ? c.copy : 0;
+        *done += (uint64_t)copied / PAGE_SIZE;
+        if (errno == EEXIST)
+            off += (uint64_t)copied / PAGE_SIZE + 1;
+        else if (errno == EAGAIN)
+            return -EAGAIN;
+        else
+            return vmm_err(errno, "UFFDIO_COPY of pages %llu+%llu: %m",
+                           (unsigned long long)(first + off), (unsigned long long)(n - off));
+    }
+    return 0;
+}
+
+/* A fault whose page someone else installed (fault-around, DONTWAKE) still has a sleeper. */
+static int wake_page(struct vmm *vm, struct uffd *u, uint64_t pg)
+{
+    struct uffdio_range w = {.start = (uint64_t)(uintptr_t)(vm->mem.base + pg * PAGE_SIZE),
+                             .len = PAGE_SIZE};
+    if (ioctl(atomic_load(&u->fd), UFFDIO_WAKE, &w) < 0)
+        return vmm_err(errno, "UFFDIO_WAKE of page %llu: %m", (unsigned long long)pg);
+    return 0;
+}
+
+/* One page, from its layer or as a zero page; for the faulting page and working-set prefetch. */
+static int install_one(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf, bool wake,
+                       bool *zero)
+{
+    int layer = layer_of(vm, u, pg);
+    uint64_t done = 0;
+    *zero = layer < 0;
+    if (layer >= 0) {
+        int r = copy_run(vm, u, pg, 1, buf, wake, &done);
+        return !r && wake && done == 0 ? wake_page(vm, u, pg) : r;
+    }
+    struct uffdio_zeropage z = {
+        .range = {.start = (uint64_t)(uintptr_t)(vm->mem.base + pg * PAGE_SIZE), .len = PAGE_SIZE},
+        .mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+    };
+    if (ioctl(atomic_load(&u->fd), UFFDIO_ZEROPAGE, &z) == 0)
+        return 0;
+    if (errno == EEXIST)
+        return wake ? wake_page(vm, u, pg) : 0;
+    return errno == EAGAIN ? -EAGAIN : vmm_err(errno, "UFFDIO_ZEROPAGE of page %llu: %m",
+                                               (unsigned long long)pg);
+}
+
+/* The faulting page first (it wakes the vCPU), then the layer-held runs of its block. */
+static int serve_block(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf, bool *zero,
+                       uint64_t *pages)
+{
+    int r = install_one(vm, u, pg, buf, true, zero);
+    if (r)
+        return r;
+    record(u, pg, 1);
+    *pages = 1;
+    uint64_t start = pg & ~(uint64_t)(AROUND_PAGES - 1), end = start + AROUND_PAGES;
+    if (end > vm->mem.npages)
+        end = vm->mem.npages;
+    for (uint64_t p = start; p < end;) {
+        pthread_mutex_lock(&u->lock);
+        bool skip = bit_test(u->installed, p);
+        pthread_mutex_unlock(&u->lock);
+        if (skip || layer_of(vm, u, p) < 0) {
+            p++;
+            continue;
+        }
+        uint64_t q = p + 1, done = 0;
+        while (q < end && layer_of(vm, u, q) >= 0 && !bit_test(u->installed, q))
+            q++;
+        r = copy_run(vm, u, p, q - p, buf, false, &done);
+        record(u, p, done);
+        *pages += done;
+        if (r == -EAGAIN)
+            return 0;   /* a REMOVE raced us: the rest of the block can fault in later */
+        if (r)
+            return r;
+        p = q;
+    }
+    return 0;
 }
 
 static void on_remove(struct vmm *vm, struct uffd *u, const struct uffd_msg *msg)
@@ -127,8 +214,13 @@ static void on_remove(struct vmm *vm, struct uffd *u, const struct uffd_msg *msg
         start = base;
     if (end > base + vm->mem.size)
         end = base + vm->mem.size;
-    for (uint64_t a = start; a < end; a += PAGE_SIZE)
-        bit_set(u->removed, (a - base) / PAGE_SIZE);
+    pthread_mutex_lock(&u->lock);
+    for (uint64_t a = start; a < end; a += PAGE_SIZE) {
+        uint64_t pg = (a - base) / PAGE_SIZE;
+        bit_set(u->removed, pg);
+        u->installed[pg >> 3] &= (uint8_t)~(1u << (pg & 7));
+    }
+    pthread_mutex_unlock(&u->lock);
     atomic_fetch_add(&vm->st.uffd_removes, 1);
 }
 
@@ -137,10 +229,10 @@ static int serve_fault(struct vmm *vm, struct uffd *u, uint64_t addr, uint8_t *b
     uint64_t base = (uint64_t)(uintptr_t)vm->mem.base;
     if (addr < base || addr >= base + vm->mem.size)
         return vmm_err(EFAULT, "fault at 0x%llx is outside guest memory", (unsigned long long)addr);
-    uint64_t pg = (addr - base) / PAGE_SIZE, t0 = now_ns();
+    uint64_t pg = (addr - base) / PAGE_SIZE, t0 = now_ns(), pages = 0;
     bool zero = false;
     int r;
-    for (int tries = 0; (r = install(vm, u, pg, buf, &zero)) == -EAGAIN; tries++) {
+    for (int tries = 0; (r = serve_block(vm, u, pg, buf, &zero, &pages)) == -EAGAIN; tries++) {
         /* the mapping changed under us (a REMOVE is queued): take the events, then retry */
         struct uffd_msg msg;
         while (read(atomic_load(&u->fd), &msg, sizeof(msg)) == sizeof(msg))
@@ -152,8 +244,8 @@ static int serve_fault(struct vmm *vm, struct uffd *u, uint64_t addr, uint8_t *b
     }
     if (r)
         return r;
-    record(u, pg);
     atomic_fetch_add(&vm->st.uffd_faults, 1);
+    atomic_fetch_add(&vm->st.uffd_pages, pages);
     if (zero)
         atomic_fetch_add(&vm->st.uffd_zero_pages, 1);
     atomic_fetch_add(&vm->st.uffd_fault_ns, now_ns() - t0);
@@ -176,7 +268,7 @@ static void *handler_thread(void *arg)
 {
     struct vmm *vm = arg;
     struct uffd *u = vm->uffd;
-    uint8_t *buf = aligned_alloc(PAGE_SIZE, PAGE_SIZE);
+    uint8_t *buf = aligned_alloc(PAGE_SIZE, AROUND_PAGES * PAGE_SIZE);
     struct uffd_msg msgs[MSG_BATCH];
     char why[VMM_ERR_LEN] = "out of memory for the bounce page";
     if (!buf)
@@ -240,7 +332,7 @@ int uffd_setup(struct vmm *vm)
     pthread_mutex_init(&u->lock, NULL);
     vm->uffd = u;
     if (!(u->removed = calloc(1, bitmap_bytes(m->npages))) ||
-        !(u->seen = calloc(1, bitmap_bytes(m->npages))))
+        !(u->installed = calloc(1, bitmap_bytes(m->npages))))
         return vmm_err(ENOMEM, "out of memory for uffd bitmaps");
     int fd = open_uffd();
     if (fd < 0)
@@ -298,7 +390,7 @@ void uffd_teardown(struct vmm *vm)
         close(u->ctl);
     pthread_mutex_destroy(&u->lock);
     free(u->removed);
-    free(u->seen);
+    free(u->installed);
     free(u->ws);
     free(u);
     vm->uffd = NULL;
@@ -384,11 +476,14 @@ int uffd_prefetch(struct vmm *vm, const char *path)
                         (unsigned long long)vm->mem.npages);
             break;
         }
-        r = install(vm, vm->uffd, pg, page, NULL);
+        bool zero;
+        r = install_one(vm, vm->uffd, pg, page, false, &zero);
         if (r == -EAGAIN)
             r = 0;   /* the handler will serve it on demand */
-        else if (!r)
+        else if (!r) {
+            record(vm->uffd, pg, 1);
             atomic_fetch_add(&vm->st.uffd_prefetched, 1);
+        }
     }
     free(page);
     free(buf);

@@ -364,6 +364,7 @@ int vmm_get_stats(struct vmm *vm, struct vmm_stats *o)
     o->exits_other = atomic_load(&vm->st.exits_other);
     o->io_unhandled = atomic_load(&vm->st.io_unhandled);
     o->uffd_faults = atomic_load(&vm->st.uffd_faults);
+    o->uffd_pages = atomic_load(&vm->st.uffd_pages);
     o->uffd_zero_pages = atomic_load(&vm->st.uffd_zero_pages);
     o->uffd_prefetched = atomic_load(&vm->st.uffd_prefetched);
     o->uffd_removes = atomic_load(&vm->st.uffd_removes);

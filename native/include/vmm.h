@@ -69,6 +69,7 @@ struct vmm_stats {
     unsigned long long exits_other;
     unsigned long long io_unhandled;    /* accesses to no device */
     unsigned long long uffd_faults;     /* page faults served by the handler */
+    unsigned long long uffd_pages;      /* pages those faults installed (with fault-around) */
     unsigned long long uffd_zero_pages; /* of those, served with a zero page */
     unsigned long long uffd_prefetched; /* working-set pages installed before start */
     unsigned long long uffd_removes;    /* REMOVE events (guest memory discarded) */

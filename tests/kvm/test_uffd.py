@@ -41,8 +41,26 @@ def test_pages_arrive_lazily(microvm_factory, touch_snapshot):
     assert vm.stats()["uffd_faults"] == 0
     total, st = run_touch(vm)
     assert total == want
-    assert PAGES <= st["uffd_faults"] < PAGES + 64
+    # every touched page arrived, the untouched rest of the 64 MiB did not
+    assert PAGES <= st["uffd_pages"] < PAGES + 64
+    assert st["uffd_pages"] < (64 << 20) // PAGE // 3
     assert st["uffd_fault_ns"] > 0
+
+
+def test_fault_around_serves_a_block_per_fault(microvm_factory, touch_snapshot):
+    snap, _ = touch_snapshot              # stride 17: every page of each 64 KiB block is wanted
+    vm = microvm_factory.restore(snap, Backend.UFFD)
+    _, st = run_touch(vm)
+    assert st["uffd_faults"] * 8 < st["uffd_pages"], st
+
+
+def test_fault_around_installs_no_zero_pages(microvm_factory, touch_snapshot):
+    snap, _ = touch_snapshot
+    vm = microvm_factory.restore(snap, Backend.UFFD)
+    high = 48 << 20                       # a block nobody ever wrote
+    vm.mem_read(high, 8)
+    st = vm.stats()
+    assert st["uffd_faults"] == 1 and st["uffd_pages"] == 1 and st["uffd_zero_pages"] == 1
 
 
 def test_working_set_cuts_faults_of_replay(microvm_factory, touch_snapshot, tmp_path):
