@@ -86,6 +86,7 @@ void mem_mark_dirty(struct guest_mem *m, uint64_t linear_off, uint64_t len);
 int mem_register_kvm(struct vmm *vm, bool log_dirty);
 int mem_dirty_bitmap(struct vmm *vm, uint8_t *out);  /* KVM log | host writes; clears both */
 int mem_map_layers(struct guest_mem *m);              /* mmap backend: base + diffs, copy-on-write */
+int mem_populated(const struct guest_mem *m, uint8_t *out); /* anon: pages that may hold data */
 
 static inline bool bit_test(const uint8_t *bm, uint64_t i) { return bm[i >> 3] & (1u << (i & 7)); }
 static inline void bit_set(uint8_t *bm, uint64_t i) { bm[i >> 3] |= (uint8_t)(1u << (i & 7)); }

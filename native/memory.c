@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include "internal.h"
@@ -182,4 +183,40 @@ int vmm_mem_discard(struct vmm *vm, unsigned long long gpa, unsigned long long l
     }
     mem_mark_dirty(m, (uint64_t)(p - m->base), len);
     return 0;
+}
+
+#define PAGEMAP_PRESENT (1ULL << 63)
+#define PAGEMAP_SWAPPED (1ULL << 62)
+#define PAGEMAP_BATCH 4096
+
+/*
+ * Pages of anonymous guest memory that may hold data: present or swapped out. A page never
+ * populated reads as zero, and reading it to find out would fault it in. Only meaningful for the
+ * anon backend (a file mapping's missing page is in the file, a uffd one in the layers).
+ */
+int mem_populated(const struct guest_mem *m, uint8_t *out)
+{
+    if (m->backend != VMM_MEM_ANON)
+        return vmm_err(EINVAL, "populated pages are known only for anonymous memory");
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return vmm_err(errno, "open /proc/self/pagemap: %m");
+    uint64_t ent[PAGEMAP_BATCH];
+    uint64_t first = (uint64_t)(uintptr_t)m->base / PAGE_SIZE;
+    int r = 0;
+    for (uint64_t p = 0; p < m->npages && !r;) {
+        uint64_t n = m->npages - p < PAGEMAP_BATCH ? m->npages - p : PAGEMAP_BATCH;
+        ssize_t got = pread(fd, ent, n * 8, (off_t)((first + p) * 8));
+        if (got != (ssize_t)(n * 8)) {
+            r = vmm_err(got < 0 ? errno : EIO, "reading /proc/self/pagemap: %s",
+                        got < 0 ? strerror(errno) : "short read");
+            break;
+        }
+        for (uint64_t i = 0; i < n; i++)
+            if (ent[i] & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED))
+                bit_set(out, p + i);
+        p += n;
+    }
+    close(fd);
+    return r;
 }

@@ -131,8 +131,11 @@ static bool page_is_zero(const uint8_t *p)
     return true;
 }
 
-/* Writes the pages set in `bm` (zero pages stay holes) into dir/.memory.tmp. */
-static int write_memory(struct vmm *vm, const char *dir, const uint8_t *bm, uint64_t *pages)
+/*
+ * Writes the pages set in `bm` into dir/.memory.tmp; zero pages stay holes. `nonzero` gets the
+ * pages that hold data, so a full snapshot can list exactly those.
+ */
+static int write_memory(struct vmm *vm, const char *dir, const uint8_t *bm, uint8_t *nonzero)
 {
     struct guest_mem *m = &vm->mem;
     char tmp[PATH_MAX];
@@ -143,13 +146,11 @@ static int write_memory(struct vmm *vm, const char *dir, const uint8_t *bm, uint
     int r = 0;
     if (ftruncate(fd, (off_t)m->size) < 0)
         r = vmm_err(errno, "ftruncate %s: %m", tmp);
-    uint64_t run_start = 0, run_len = 0, n = 0;
+    uint64_t run_start = 0, run_len = 0;
     for (uint64_t p = 0; !r && p <= m->npages; p++) {
-        bool take = p < m->npages && bit_test(bm, p);
-        if (take) {
-            n++;
-            take = !page_is_zero(m->base + p * PAGE_SIZE);
-        }
+        bool take = p < m->npages && bit_test(bm, p) && !page_is_zero(m->base + p * PAGE_SIZE);
+        if (take)
+            bit_set(nonzero, p);
         if (take && run_len && run_start + run_len == p) {
             run_len++;
             continue;
@@ -165,24 +166,40 @@ static int write_memory(struct vmm *vm, const char *dir, const uint8_t *bm, uint
     close(fd);
     if (r)
         unlink(tmp);
-    *pages = n;
     return r;
 }
 
-/* Snapshotting over a file the VM's memory is still mapped from would corrupt it. */
-static int check_not_a_layer(struct vmm *vm, const char *dir)
+static uint64_t count_bits(const uint8_t *bm, uint64_t n)
+{
+    uint64_t c = 0;
+    for (size_t i = 0; i < bitmap_bytes(n); i++)
+        c += (uint64_t)__builtin_popcount(bm[i]);
+    return c;
+}
+
+/*
+ * A snapshot directory is written once: overwriting one in place could leave a new memory file
+ * beside an old vmstate after a crash, or pull pages from under a VM restored from it.
+ */
+static int check_fresh(const char *dir)
 {
     char path[PATH_MAX];
-    struct stat target, st;
-    snprintf(path, sizeof(path), "%s/memory", dir);
-    if (stat(path, &target) < 0)
-        return 0;
-    for (int i = 0; i < vm->mem.nlayers; i++)
-        if (fstat(vm->mem.layers[i].fd, &st) == 0 && st.st_dev == target.st_dev &&
-            st.st_ino == target.st_ino)
-            return vmm_err(EEXIST, "%s holds a snapshot this VM's memory comes from; write the "
-                           "new snapshot to another directory", dir);
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/vmstate", dir);
+    if (stat(path, &st) == 0)
+        return vmm_err(EEXIST, "%s already holds a snapshot; write the new one to another "
+                       "directory (and rename it into place if it must replace the old)", dir);
     return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return vmm_err(errno, "open %s: %m", dir);
+    int r = fsync(fd) < 0 ? vmm_err(errno, "fsync %s: %m", dir) : 0;
+    close(fd);
+    return r;
 }
 
 int vmm_snapshot(struct vmm *vm, const char *dir, const struct vmm_snapshot_opts *opts)
@@ -194,7 +211,7 @@ int vmm_snapshot(struct vmm *vm, const char *dir, const struct vmm_snapshot_opts
     char real[PATH_MAX];
     if ((r = snapshot_dir(dir, real)))
         return r;
-    if ((r = check_not_a_layer(vm, real)))
+    if ((r = check_fresh(real)))
         return r;
     if (diff && !vm->parent[0])
         return vmm_err(EINVAL, "a diff snapshot needs a parent: take a full snapshot of this VM "
@@ -203,33 +220,34 @@ int vmm_snapshot(struct vmm *vm, const char *dir, const struct vmm_snapshot_opts
         return vmm_err(EINVAL, "a diff snapshot needs dirty tracking: create or restore the VM "
                        "with track_dirty");
     struct guest_mem *m = &vm->mem;
-    uint8_t *bm = calloc(1, bitmap_bytes(m->npages));
-    if (!bm)
+    uint8_t *bm = calloc(1, bitmap_bytes(m->npages)), *nonzero = calloc(1, bitmap_bytes(m->npages));
+    if (!bm || !nonzero) {
+        free(bm);
+        free(nonzero);
         return vmm_err(ENOMEM, "out of memory for the page bitmap");
+    }
     /* Reading the dirty log also resets it: the next diff starts at this snapshot. */
     if (vm->cfg.track_dirty)
         r = mem_dirty_bitmap(vm, bm);
     if (!r && !diff) {
-        memset(bm, 0xff, bitmap_bytes(m->npages));
-        if (m->npages % 8)
-            bm[m->npages / 8] = (uint8_t)((1u << (m->npages % 8)) - 1);
+        /* anonymous memory: skip what was never populated instead of faulting it in to look */
+        if (m->backend == VMM_MEM_ANON) {
+            memset(bm, 0, bitmap_bytes(m->npages));
+            r = mem_populated(m, bm);
+        } else {
+            memset(bm, 0xff, bitmap_bytes(m->npages));   /* bits past npages are never read */
+        }
     }
-    struct memory_section ms = {.size = m->size, .diff = diff, .bitmap = bm,
-                                .bitmap_len = (uint32_t)bitmap_bytes(m->npages)};
+    if (!r)
+        r = write_memory(vm, real, bm, nonzero);
+    /* A diff lists every dirtied page (a zeroed one must hide its parent's); a full snapshot
+     * lists only the pages holding data, so uffd zero-fills the rest without reading. */
+    const uint8_t *listed = diff ? bm : nonzero;
+    struct memory_section ms = {.size = m->size, .diff = diff, .bitmap = listed,
+                                .bitmap_len = (uint32_t)bitmap_bytes(m->npages),
+                                .pages = count_bits(listed, m->npages)};
     if (diff)
         snprintf(ms.parent, sizeof(ms.parent), "%s", vm->parent);
-    if (!r)
-        r = write_memory(vm, real, bm, &ms.pages);
-    if (!r && !diff) {
-        /* a full snapshot lists the pages it really holds, so uffd zero-fills the rest */
-        memset(bm, 0, bitmap_bytes(m->npages));
-        ms.pages = 0;
-        for (uint64_t p = 0; p < m->npages; p++)
-            if (!page_is_zero(m->base + p * PAGE_SIZE)) {
-                bit_set(bm, p);
-                ms.pages++;
-            }
-    }
     struct enc body, file;
     enc_init(&body);
     enc_init(&file);
@@ -244,6 +262,8 @@ int vmm_snapshot(struct vmm *vm, const char *dir, const struct vmm_snapshot_opts
         r = vmm_err(errno, "rename to %s: %m", dst);
     if (!r)
         r = write_file_atomic(real, "vmstate", file.buf, file.len);
+    if (!r)
+        r = fsync_dir(real);
     if (r)
         unlink(tmp);
     else
@@ -251,6 +271,7 @@ int vmm_snapshot(struct vmm *vm, const char *dir, const struct vmm_snapshot_opts
     enc_free(&body);
     enc_free(&file);
     free(bm);
+    free(nonzero);
     return r;
 }
 

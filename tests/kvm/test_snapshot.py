@@ -164,6 +164,17 @@ def test_snapshot_over_own_memory_source_is_refused(microvm_factory, tmp_path):
     assert page_hashes(restored) == page_hashes(vm)
 
 
+def test_snapshot_never_overwrites_a_snapshot(microvm_factory, tmp_path):
+    vm, snap = run_then_snapshot(microvm_factory, tmp_path)
+    before = {f.name: f.read_bytes() for f in snap.iterdir()}
+    vm.resume()
+    vm.wait_result_above(vm.result() + 1000)
+    vm.pause()
+    with pytest.raises(VmmError, match="already holds a snapshot"):
+        vm.snapshot(snap)
+    assert {f.name: f.read_bytes() for f in snap.iterdir()} == before
+
+
 def test_snapshot_then_resume_keeps_running(microvm_factory, tmp_path):
     vm, snap = run_then_snapshot(microvm_factory, tmp_path)
     v = vm.result()
