@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what vmmd needs on a Debian machine, cached outside the repo, and builds the native
-# core into a virtualenv. Idempotent; a second run with nothing changed takes about a second.
+# Installs what vmmd needs on a Debian machine, cached outside the repo: Debian packages, a
+# virtualenv with the native core built into it, and the emulated KVM hosts (hosts/provision.sh).
+# Idempotent; a second run with nothing changed takes a few seconds. Prints the virtualenv.
 #   VMMD_CACHE   where everything goes (default ~/.cache/vmmd)
 set -euo pipefail
 
@@ -31,7 +32,7 @@ fi
 stamp=$venv/.vmmd-stamp
 want=$(cat "$repo/pyproject.toml" "$repo/setup.py" | sha256sum | cut -c1-16)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    log "creating the virtualenv in $venv"
+    log "preparing the virtualenv in $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip >/dev/null
     "$venv/bin/pip" install -q setuptools wheel cffi grpcio-tools
@@ -49,5 +50,9 @@ fi
 if ! (cd / && "$venv/bin/python" -c 'import vmmd, sys; sys.exit(0 if vmmd.__file__.startswith(sys.argv[1]) else 1)' "$repo/vmmd") 2>/dev/null; then
     log "pointing the virtualenv at $repo"
     "$venv/bin/pip" install -q --no-build-isolation --no-deps -e "$repo"
+fi
+# the emulated KVM hosts for real Linux guests (tests/e2e); VMMD_SKIP_HOSTS=1 leaves them out
+if [ "${VMMD_SKIP_HOSTS:-0}" != 1 ]; then
+    "$repo/hosts/provision.sh" >/dev/null
 fi
 echo "$venv"

@@ -15,9 +15,17 @@ PARAMS = 0x8000
 RESULTS = 0x9000
 DATA = 0x1000000
 
-CFLAGS = ["-ffreestanding", "-nostdlib", "-nostartfiles", "-static", "-fno-pic", "-no-pie",
-          "-mno-red-zone", "-fno-stack-protector", "-fcf-protection=none", "-O2",
-          "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none"]
+COMMON = ["-ffreestanding", "-nostdlib", "-nostartfiles", "-static", "-fno-pic", "-no-pie",
+          "-fno-stack-protector", "-O2", "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none"]
+# Where each architecture's guests live, how they are built, and where they are loaded.
+ARCH = {
+    "x86_64": dict(src=HERE, cc="gcc", objcopy="objcopy", load=LOAD_GPA, stack=STACK_TOP,
+                   cflags=COMMON + ["-mno-red-zone", "-fcf-protection=none"]),
+    "aarch64": dict(src=HERE / "aarch64", cc="aarch64-linux-gnu-gcc",
+                    objcopy="aarch64-linux-gnu-objcopy", load=0x80400000, stack=0x80400000,
+                    cflags=COMMON + ["-mgeneral-regs-only", "-mstrict-align"]),
+}
+CFLAGS = ARCH["x86_64"]["cflags"]
 
 
 def cache_dir() -> pathlib.Path:
@@ -25,22 +33,34 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(root) / "guests"
 
 
-def build(name: str) -> bytes:
-    """The flat image of tests/guests/<name>.c, built once per source change."""
-    if shutil.which("gcc") is None or shutil.which("objcopy") is None:
-        raise RuntimeError("building test guests needs gcc and objcopy (scripts/setup.sh installs them)")
+def build_path(name: str, arch: str = "x86_64") -> pathlib.Path:
+    """The flat image of the `arch` guest <name>.c, built once per source change."""
+    a = ARCH[arch]
     h = hashlib.sha256()
     for f in ("guest.h", "guest.ld", f"{name}.c"):
-        h.update((HERE / f).read_bytes())
-    h.update(" ".join(CFLAGS).encode())
-    out = cache_dir() / h.hexdigest()[:16]
+        h.update((a["src"] / f).read_bytes())
+    h.update(" ".join(a["cflags"]).encode())
+    out = cache_dir() / f"{arch}-{h.hexdigest()[:16]}"
     binary = out / f"{name}.bin"
-    if not binary.exists():
+    if not binary.exists():   # an emulated host has no compiler: the machine built it already
+        for tool in (a["cc"], a["objcopy"]):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"building {arch} test guests needs {tool} "
+                                   "(scripts/setup.sh or hosts/provision.sh installs it)")
         out.mkdir(parents=True, exist_ok=True)
         elf = out / f"{name}.elf"
-        subprocess.run(["gcc", *CFLAGS, "-T", str(HERE / "guest.ld"), "-o", str(elf),
-                        str(HERE / f"{name}.c")], check=True, capture_output=True, text=True)
+        subprocess.run([a["cc"], *a["cflags"], "-T", str(a["src"] / "guest.ld"), "-o", str(elf),
+                        str(a["src"] / f"{name}.c")], check=True, capture_output=True, text=True)
         tmp = out / f".{name}.bin.{os.getpid()}"
-        subprocess.run(["objcopy", "-O", "binary", str(elf), str(tmp)], check=True)
+        subprocess.run([a["objcopy"], "-O", "binary", str(elf), str(tmp)], check=True)
         os.replace(tmp, binary)
-    return binary.read_bytes()
+    return binary
+
+
+def build(name: str, arch: str = "x86_64") -> bytes:
+    return build_path(name, arch).read_bytes()
+
+
+def machine_arch() -> str:
+    import platform
+    return {"arm64": "aarch64"}.get(platform.machine(), platform.machine())

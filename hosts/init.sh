@@ -1,0 +1,51 @@
+#!/bin/busybox sh
+# PID 1 of an emulated KVM host: load the modules, mount the machine's root read-only over 9p,
+# run the command the runner left in the results directory, write its status, power off.
+# vmmd.results=DIR     the runner's results directory (same path as on the machine)
+# vmmd.userland=DIR    run in this tree (the aarch64 userland) instead of the machine's root,
+#                      with vmmd.binds=A,B,... bound in from the machine at the same paths
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules.order); do
+    insmod "/lib/modules/$m" || echo "vmmd-host: insmod $m failed"
+done
+arg() { sed -n "s/.*vmmd.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+results=$(arg results)
+userland=$(arg userland)
+binds=$(arg binds)
+fail() { echo "vmmd-host: $*"; poweroff -f; }
+
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 hostroot /newroot ||
+    fail "cannot mount the host root"
+if [ -n "$userland" ]; then
+    root=/userroot
+    mkdir -p $root
+    mount -t tmpfs -o size=75% root $root
+    for d in $(ls "/newroot$userland"); do
+        mkdir -p "$root/$d"
+        mount -o bind "/newroot$userland/$d" "$root/$d"
+    done
+    mkdir -p $root/tmp $root/dev $root/proc $root/sys
+    for b in $(echo "$binds" | tr , ' '); do
+        mkdir -p "$root$b"
+        mount -o bind "/newroot$b" "$root$b" || fail "cannot bind $b"
+    done
+else
+    root=/newroot
+    mount -t tmpfs -o size=75% tmp $root/tmp
+fi
+mount -t devtmpfs dev $root/dev
+mount -t proc proc $root/proc
+mount -t sysfs sys $root/sys
+mkdir -p "$root$results" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results "$root$results" ||
+    fail "cannot mount the results directory"
+echo "vmmd-host: up in $(cut -d' ' -f1 /proc/uptime) s, kvm: $( [ -c /dev/kvm ] && echo yes || echo no)"
+chroot $root /bin/sh -c "cd /tmp && exec /bin/sh '$results/run.sh'" > "$root$results/output" 2>&1
+echo $? > "$root$results/status"
+sync
+echo "vmmd-host: done in $(cut -d' ' -f1 /proc/uptime) s"
+poweroff -f

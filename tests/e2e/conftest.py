@@ -1,0 +1,45 @@
+"""The `testhost` fixture: run commands or pytest selections inside an emulated KVM host."""
+from __future__ import annotations
+
+import os
+import shlex
+
+import pytest
+
+import hosts
+from guests import build_path, cache_dir
+
+REQUIRE_KVM = os.environ.get("VMMD_REQUIRE_KVM") == "1"
+
+
+class TestHost:
+    def __init__(self, arch: str):
+        self.arch = arch
+
+    def run(self, script: str, **kw) -> hosts.HostResult:
+        env = {"VMMD_CACHE": os.path.dirname(cache_dir()), **kw.pop("env", {})}
+        binds = [str(cache_dir()), *kw.pop("binds", [])]
+        r = hosts.run(self.arch, script, env=env, binds=binds, **kw)
+        print(f"\n{self.arch} host: booted in {r.boot_seconds} s, whole run {r.wall_seconds:.1f} s")
+        return r
+
+    def pytest(self, *args: str, guests=("hello",), **kw) -> hosts.HostResult:
+        """Runs `pytest args` from the checkout inside the host, KVM required."""
+        for g in guests:                  # the host has no compiler: build its guests here
+            build_path(g, self.arch)
+        cmd = " ".join(shlex.quote(a) for a in args)
+        return self.run(f"cd {shlex.quote(str(hosts.ROOT))} && VMMD_REQUIRE_KVM=1 "
+                        f"{hosts.python(self.arch)} -m pytest -p no:cacheprovider -q "
+                        f"-o addopts= {cmd}", **kw)
+
+
+@pytest.fixture
+def testhost():
+    def make(arch: str) -> TestHost:
+        problem = hosts.problem(arch)
+        if problem:
+            if REQUIRE_KVM:
+                pytest.fail(f"VMMD_REQUIRE_KVM=1 but {problem}")
+            pytest.skip(problem)
+        return TestHost(arch)
+    return make

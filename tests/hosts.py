@@ -1,0 +1,136 @@
+"""Emulated KVM hosts (docs/emulated-hosts.md): boot one under QEMU TCG, run a command, collect.
+
+The host sees this machine's root read-only at the same paths (so the checkout and virtualenv
+are there), a tmpfs /tmp, and a writable results directory; the command's exit status and output
+come back from there, the console (boot log, timings) from QEMU's serial.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ARCHES = ("x86_64", "aarch64")
+
+
+@dataclasses.dataclass
+class HostResult:
+    arch: str
+    status: int | None          # None: the command never finished (host hung or died)
+    output: str                 # the command's stdout and stderr
+    console: str                # QEMU's serial: kernel log and init's timings
+    boot_seconds: float | None  # guest uptime when the command started
+    wall_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+def provision() -> pathlib.Path:
+    """Runs hosts/provision.sh (quick when cached); returns the host image directory."""
+    r = subprocess.run([str(ROOT / "hosts" / "provision.sh")], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"provisioning the emulated hosts failed:\n{r.stderr}")
+    return pathlib.Path(r.stdout.strip().splitlines()[-1])
+
+
+def qemu_command(arch: str, images: pathlib.Path, results: str, mem_mb: int, cpus: int,
+                 binds: list[str]) -> list[str]:
+    img = images / arch
+    append = f"console={'ttyS0' if arch == 'x86_64' else 'ttyAMA0'} panic=-1 quiet loglevel=4 " \
+             f"vmmd.results={results}"
+    if arch == "aarch64":   # the machine's root is x86_64: run from the arm64 userland
+        append += f" vmmd.userland={images / 'aarch64-userland'} vmmd.binds={','.join(binds)}"
+    share = [
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={results},mount_tag=results,security_model=none",
+    ]
+    if arch == "x86_64":
+        machine = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-M", "q35",
+                   "-cpu", "EPYC,+svm,+npt"]
+    elif arch == "aarch64":
+        machine = ["qemu-system-aarch64", "-accel", "tcg,thread=multi",
+                   "-M", "virt,virtualization=on,gic-version=3", "-cpu", "max"]
+    else:
+        raise ValueError(f"unknown host arch {arch}; use one of {ARCHES}")
+    return [*machine, "-smp", str(cpus), "-m", str(mem_mb), "-nographic", "-no-reboot",
+            "-kernel", str(img / "vmlinuz"), "-initrd", str(img / "initramfs.cpio.gz"),
+            "-append", append, *share]
+
+
+def prepare(arch: str) -> tuple[pathlib.Path, dict[str, str]]:
+    """Provisioned images, plus what `arch` needs to run the project: (images, environment)."""
+    images = provision()
+    env = {"PYTHONDONTWRITEBYTECODE": "1"}
+    if arch == "aarch64":
+        sys.path.insert(0, str(ROOT / "hosts"))
+        import cross_native
+        cross_native.build(images / "aarch64-userland")
+        env["PYTHONPATH"] = f"/site:{ROOT}"
+    return images, env
+
+
+def python(arch: str) -> str:
+    """The Python to use inside an `arch` host."""
+    if arch == "aarch64":
+        return "/usr/bin/python3.11"
+    return str(pathlib.Path(sys.executable).absolute())
+
+
+def run(arch: str, script: str, *, timeout: float = 600, mem_mb: int = 4096, cpus: int = 2,
+        env: dict[str, str] | None = None, binds: list[str] | None = None) -> HostResult:
+    """Boots a fresh `arch` host, runs `script` (sh) inside it from /tmp, returns what happened.
+    On aarch64 the checkout and `binds` (paths on this machine) are visible at the same paths."""
+    images, base_env = prepare(arch)
+    env = {**base_env, **(env or {})}
+    binds = [str(ROOT), *(binds or [])]
+    runs = images / "runs"            # not under /tmp: the host mounts its own tmpfs there
+    runs.mkdir(exist_ok=True)
+    results = tempfile.mkdtemp(prefix=f"{arch}-", dir=runs)
+    try:
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
+        pathlib.Path(results, "run.sh").write_text(
+            "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            f"export HOME=/tmp VMMD_IN_HOST={arch}\n{exports}{script}\n")
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(qemu_command(arch, images, results, mem_mb, cpus, binds),
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+            console = p.stdout.decode(errors="replace") + "".join(
+                line for line in p.stderr.decode(errors="replace").splitlines(keepends=True)
+                if "TCG doesn't support requested feature" not in line)
+        except subprocess.TimeoutExpired as e:
+            console = (e.stdout or b"").decode(errors="replace") + "\n[vmmd: host timed out]"
+        wall = time.monotonic() - t0
+        status_file = pathlib.Path(results, "status")
+        status = int(status_file.read_text()) if status_file.exists() else None
+        out_file = pathlib.Path(results, "output")
+        output = out_file.read_text(errors="replace") if out_file.exists() else ""
+        m = re.search(r"vmmd-host: up in ([0-9.]+) s", console)
+        return HostResult(arch, status, output, console, float(m.group(1)) if m else None, wall)
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
+
+
+def problem(arch: str) -> str | None:
+    """Why `arch` hosts cannot run here, or None."""
+    qemu = "qemu-system-x86_64" if arch == "x86_64" else "qemu-system-aarch64"
+    if shutil.which(qemu) is None:
+        return f"{qemu} is not installed (hosts/provision.sh installs it)"
+    return None
+
+
+if __name__ == "__main__":
+    r = run(sys.argv[1], " ".join(sys.argv[2:]) or "uname -a")
+    print(r.console[-3000:])
+    print("status", r.status, "boot", r.boot_seconds, "wall", round(r.wall_seconds, 1))
+    print(r.output)
