@@ -2,8 +2,8 @@
 # PID 1 of an emulated KVM host: load the modules, mount the machine's root read-only over 9p,
 # run the command the runner left in the results directory, write its status, power off.
 # vmmd.results=DIR     the runner's results directory (same path as on the machine)
-# vmmd.userland=DIR    run in this tree (the aarch64 userland) instead of the machine's root,
-#                      with vmmd.binds=A,B,... bound in from the machine at the same paths
+# vmmd.userland=DIR    run in this tree (the aarch64 userland) instead of the machine's root
+# vmmd.binds=A,B,...   paths of the machine to see at the same paths (checkout, virtualenv...)
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -20,6 +20,15 @@ fail() { echo "vmmd-host: $*"; poweroff -f; }
 
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 hostroot /newroot ||
     fail "cannot mount the host root"
+# a second view of the machine's root: paths under /tmp stay reachable after our tmpfs hides it
+mkdir -p /hostview
+mount -o bind /newroot /hostview
+bind_in() {  # bind each of vmmd.binds into $1 at its own path
+    for b in $(echo "$binds" | tr , ' '); do
+        mkdir -p "$1$b" 2>/dev/null
+        mount -o bind "/hostview$b" "$1$b" || fail "cannot bind $b"
+    done
+}
 if [ -n "$userland" ]; then
     root=/userroot
     mkdir -p $root
@@ -29,13 +38,11 @@ if [ -n "$userland" ]; then
         mount -o bind "/newroot$userland/$d" "$root/$d"
     done
     mkdir -p $root/tmp $root/dev $root/proc $root/sys
-    for b in $(echo "$binds" | tr , ' '); do
-        mkdir -p "$root$b"
-        mount -o bind "/newroot$b" "$root$b" || fail "cannot bind $b"
-    done
+    bind_in $root
 else
     root=/newroot
     mount -t tmpfs -o size=75% tmp $root/tmp
+    bind_in $root   # only those under /tmp need it, the rest are in place already
 fi
 mount -t devtmpfs dev $root/dev
 mount -t proc proc $root/proc

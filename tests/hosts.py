@@ -48,8 +48,9 @@ def qemu_command(arch: str, images: pathlib.Path, results: str, mem_mb: int, cpu
     img = images / arch
     append = f"console={'ttyS0' if arch == 'x86_64' else 'ttyAMA0'} panic=-1 quiet loglevel=4 " \
              f"vmmd.results={results}"
+    append += f" vmmd.binds={','.join(binds)}"
     if arch == "aarch64":   # the machine's root is x86_64: run from the arm64 userland
-        append += f" vmmd.userland={images / 'aarch64-userland'} vmmd.binds={','.join(binds)}"
+        append += f" vmmd.userland={images / 'aarch64-userland'}"
     share = [
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={results},mount_tag=results,security_model=none",
@@ -83,7 +84,7 @@ def python(arch: str) -> str:
     """The Python to use inside an `arch` host."""
     if arch == "aarch64":
         return "/usr/bin/python3.11"
-    return str(pathlib.Path(sys.executable).absolute())
+    return str(pathlib.Path(sys.prefix) / "bin" / "python")
 
 
 def run(arch: str, script: str, *, timeout: float = 600, mem_mb: int = 4096, cpus: int = 2,
@@ -93,6 +94,8 @@ def run(arch: str, script: str, *, timeout: float = 600, mem_mb: int = 4096, cpu
     images, base_env = prepare(arch)
     env = {**base_env, **(env or {})}
     binds = [str(ROOT), *(binds or [])]
+    if arch == "x86_64":      # the same virtualenv runs inside
+        binds.append(sys.prefix)
     runs = images / "runs"            # not under /tmp: the host mounts its own tmpfs there
     runs.mkdir(exist_ok=True)
     results = tempfile.mkdtemp(prefix=f"{arch}-", dir=runs)
