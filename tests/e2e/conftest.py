@@ -12,6 +12,16 @@ from guests import build_path, cache_dir
 REQUIRE_KVM = os.environ.get("VMMD_REQUIRE_KVM") == "1"
 
 
+BOOTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if BOOTS:
+        terminalreporter.section("emulated KVM hosts")
+        for line in BOOTS:
+            terminalreporter.write_line(line)
+
+
 class TestHost:
     def __init__(self, arch: str):
         self.arch = arch
@@ -20,7 +30,8 @@ class TestHost:
         env = {"VMMD_CACHE": os.path.dirname(cache_dir()), **kw.pop("env", {})}
         binds = [str(cache_dir()), *kw.pop("binds", [])]
         r = hosts.run(self.arch, script, env=env, binds=binds, **kw)
-        print(f"\n{self.arch} host: booted in {r.boot_seconds} s, whole run {r.wall_seconds:.1f} s")
+        BOOTS.append(f"{self.arch} host: booted in {r.boot_seconds} s (to its init's command), "
+                     f"whole run {r.wall_seconds:.1f} s, status {r.status}")
         return r
 
     def pytest(self, *args: str, guests=("hello",), **kw) -> hosts.HostResult:
