@@ -14,7 +14,7 @@ log() { printf 'hosts: %s\n' "$*" >&2; }
 t0=$(date +%s)
 
 # --- tools from Debian ---
-tools=(qemu-system-x86 qemu-system-arm kmod cpio busybox-static gcc-aarch64-linux-gnu
+tools=(qemu-system-x86 qemu-system-arm kmod cpio gcc-aarch64-linux-gnu
        libc6-dev-arm64-cross e2fsprogs zstd)
 missing=()
 for p in "${tools[@]}"; do
@@ -39,8 +39,9 @@ fi
 # A pinned version can leave the mirror after a point release; the same package name then keeps
 # the kernel ABI, so we take what the mirror has and say so.
 fetch() {  # fetch NAME[:ARCH] VERSION
-    local name=$1 ver=$2 base=${1%%:*}
-    if ls "$out/debs/${base}_"*.deb >/dev/null 2>&1; then return; fi
+    local name=$1 ver=$2 base=${1%%:*} arch=${1#*:}
+    [ "$arch" = "$name" ] && arch=amd64
+    if ls "$out/debs/${base}_"*"_$arch.deb" >/dev/null 2>&1; then return; fi
     log "downloading $name=$ver"
     if ! (cd "$out/debs" && apt-get download -q "$name=$ver" >/dev/null 2>&1); then
         log "WARNING: $name=$ver is gone from the mirror; taking the version it has"
@@ -50,6 +51,7 @@ fetch() {  # fetch NAME[:ARCH] VERSION
 }
 fetch "linux-image-$KERNEL_ABI-amd64" "$KERNEL_VERSION"
 fetch "linux-image-$KERNEL_ABI-arm64:arm64" "$KERNEL_VERSION"
+fetch "busybox-static:amd64" "$BUSYBOX_VERSION"
 fetch "busybox-static:arm64" "$BUSYBOX_VERSION"
 chmod -R a+rX "$out/debs"
 
@@ -90,23 +92,23 @@ build_initramfs() {  # ARCH DEBARCH BUSYBOX MODULES...
     echo "$want" > "$stamp"
 }
 
+for a in amd64 arm64; do
+    [ -x "$out/busybox-$a/bin/busybox" ] || dpkg -x "$out/debs/busybox-static_"*"_$a.deb" "$out/busybox-$a"
+done
 bb_arm64=$out/busybox-arm64
-if [ ! -x "$bb_arm64/bin/busybox" ]; then
-    dpkg -x "$out/debs/busybox-static_"*arm64.deb "$bb_arm64"
-fi
-build_initramfs x86_64 amd64 /bin/busybox virtio_pci 9pnet_virtio 9p kvm-amd
+build_initramfs x86_64 amd64 "$out/busybox-amd64/bin/busybox" virtio_pci 9pnet_virtio 9p kvm-amd
 build_initramfs aarch64 arm64 "$bb_arm64/bin/busybox" virtio_pci virtio_mmio 9pnet_virtio 9p
 
 # --- the aarch64 host's userland: Debian's arm64 python3.11 and the project's test wheels ---
 # (the host root seen over 9p is x86_64; arm64 programs run from this tree, chrooted)
 arm64_libs=(gcc-12-base libbz2-1.0 libc6 libcom-err2 libcrypt1 libdb5.3 libexpat1 libffi8
-    libgcc-s1 libgdbm6 libgssapi-krb5-2 libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0
+    libgcc-s1 libstdc++6 libgdbm6 libgssapi-krb5-2 libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0
     liblzma5 libncursesw6 libnsl2 libreadline8 libsqlite3-0 libssl3 libtinfo6 libtirpc-common
     libtirpc3 libuuid1 media-types readline-common zlib1g)
 arm64_python=(python3.11 python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
     libpython3.11-dev libpython3.11)
 userland=$out/aarch64-userland
-USERLAND_RECIPE=1   # bump when the steps below change
+USERLAND_RECIPE=3   # bump when the steps below change
 want=$( (cat "$here/pins.env"; echo "${arm64_libs[*]} ${arm64_python[*]} $USERLAND_RECIPE") |
     sha256sum | cut -c1-16)
 if [ "$(cat "$userland/.built" 2>/dev/null)" != "$want" ]; then
@@ -132,10 +134,15 @@ if [ "$(cat "$userland/.built" 2>/dev/null)" != "$want" ]; then
         [ -e "$userland/bin/$t" ] || ln -s busybox "$userland/bin/$t"
     done
     ln -sf python3.11 "$userland/usr/bin/python3"
-    # the project's Python test dependencies, as aarch64 wheels
+    # the project's Python dependencies and its test tools, as aarch64 wheels
+    deps=$(python3 - "$here/../pyproject.toml" <<'PY'
+import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(" ".join(p["dependencies"] + p["optional-dependencies"]["test"]))
+PY
+)
     "$cache/venv/bin/pip" install -q --target "$userland/site" --platform manylinux2014_aarch64 \
-        --python-version 3.11 --implementation cp --only-binary=:all: \
-        cffi msgpack pytest pytest-timeout >/dev/null
+        --python-version 3.11 --implementation cp --only-binary=:all: $deps >/dev/null
     chmod -R a+rX "$userland"
     echo "$want" > "$userland/.built"
 fi

@@ -15,7 +15,7 @@ def test_x86_64_host_runs_native_core(testhost):
 
 
 def test_aarch64_host_runs_native_core(testhost):
-    r = testhost("aarch64").pytest("tests/kvm/test_guest_smoke.py")
+    r = testhost("aarch64").pytest("tests/kvm/test_guest_smoke.py", "tests/unit/test_runtime_deps.py")
     assert "kvm: yes" in r.console, r.console[-2000:]
     assert passed_cleanly(r), r.output + r.console[-2000:]
 
