@@ -113,8 +113,9 @@ struct vcpu {
     bool thread_started;
     bool parked;
 };
+/* Pure: what one exit means. *unhandled counts accesses that reached no device. */
 enum exit_action vcpu_handle_exit(struct kvm_run *run, size_t run_size, struct bus *pio,
-                                  struct bus *mmio, char *err, size_t errlen);
+                                  struct bus *mmio, int *unhandled, char *err, size_t errlen);
 int vcpus_start(struct vmm *vm);
 void vcpus_kick(struct vmm *vm);
 void vcpus_join(struct vmm *vm);

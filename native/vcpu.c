@@ -34,8 +34,9 @@ static int install_kick_handler(void)
  * by KVM on the guest's behalf, so offsets and counts are checked against the mapping.
  */
 enum exit_action vcpu_handle_exit(struct kvm_run *run, size_t run_size, struct bus *pio,
-                                  struct bus *mmio, char *err, size_t errlen)
+                                  struct bus *mmio, int *unhandled, char *err, size_t errlen)
 {
+    *unhandled = 0;
     switch (run->exit_reason) {
     case KVM_EXIT_IO: {
         uint64_t size = run->io.size, count = run->io.count, off = run->io.data_offset;
@@ -49,8 +50,11 @@ enum exit_action vcpu_handle_exit(struct kvm_run *run, size_t run_size, struct b
         uint8_t *data = (uint8_t *)run + off;
         bool w = run->io.direction == KVM_EXIT_IO_OUT;
         for (uint64_t i = 0; i < count; i++, data += size)
-            if (!bus_dispatch(pio, run->io.port, data, (uint32_t)size, w) && !w)
-                memset(data, 0xff, size);  /* nothing there: the bus floats high */
+            if (!bus_dispatch(pio, run->io.port, data, (uint32_t)size, w)) {
+                (*unhandled)++;
+                if (!w)
+                    memset(data, 0xff, size);  /* nothing there: the bus floats high */
+            }
         return EXIT_CONTINUE;
     }
     case KVM_EXIT_MMIO: {
@@ -60,9 +64,11 @@ enum exit_action vcpu_handle_exit(struct kvm_run *run, size_t run_size, struct b
                      (unsigned long long)run->mmio.phys_addr);
             return EXIT_ERROR;
         }
-        if (!bus_dispatch(mmio, run->mmio.phys_addr, run->mmio.data, len, run->mmio.is_write) &&
-            !run->mmio.is_write)
-            memset(run->mmio.data, 0xff, len);
+        if (!bus_dispatch(mmio, run->mmio.phys_addr, run->mmio.data, len, run->mmio.is_write)) {
+            (*unhandled)++;
+            if (!run->mmio.is_write)
+                memset(run->mmio.data, 0xff, len);
+        }
         return EXIT_CONTINUE;
     }
     case KVM_EXIT_INTR:
@@ -86,11 +92,6 @@ enum exit_action vcpu_handle_exit(struct kvm_run *run, size_t run_size, struct b
         snprintf(err, errlen, "unhandled KVM exit reason %u", run->exit_reason);
         return EXIT_ERROR;
     }
-}
-
-static bool is_io_exit(struct kvm_run *run)
-{
-    return run->exit_reason == KVM_EXIT_IO;
 }
 
 /* Park while a pause is requested. Returns true when the thread should end. */
@@ -146,14 +147,17 @@ static void *vcpu_thread(void *arg)
             break;
         }
         err[0] = 0;
-        if (is_io_exit(c->run))
+        if (c->run->exit_reason == KVM_EXIT_IO)
             atomic_fetch_add(&vm->st.exits_io, 1);
         else if (c->run->exit_reason == KVM_EXIT_MMIO)
             atomic_fetch_add(&vm->st.exits_mmio, 1);
         else
             atomic_fetch_add(&vm->st.exits_other, 1);
-        enum exit_action a = vcpu_handle_exit(c->run, c->run_size, &vm->pio, &vm->mmio, err,
-                                              sizeof(err));
+        int unhandled;
+        enum exit_action a = vcpu_handle_exit(c->run, c->run_size, &vm->pio, &vm->mmio,
+                                              &unhandled, err, sizeof(err));
+        if (unhandled)
+            atomic_fetch_add(&vm->st.io_unhandled, (uint64_t)unhandled);
         if (a == EXIT_SHUTDOWN) {
             vm_end(vm, VMM_STOP_SHUTDOWN, 0, "guest shut down (triple fault or reset)");
             break;
@@ -187,25 +191,27 @@ int vcpus_start(struct vmm *vm)
     pthread_sigmask(SIG_BLOCK, &all, &old);
     for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
         struct vcpu *c = &vm->vcpus[i];
-        pthread_mutex_lock(&vm->lock);
+        pthread_mutex_lock(&vm->lock);   /* a kick must not see a half-created thread */
         vm->live_threads++;
-        pthread_mutex_unlock(&vm->lock);
         int e = pthread_create(&c->thread, NULL, vcpu_thread, c);
-        if (e) {
-            pthread_mutex_lock(&vm->lock);
+        if (e)
             vm->live_threads--;
-            pthread_mutex_unlock(&vm->lock);
+        else
+            c->thread_started = true;
+        pthread_mutex_unlock(&vm->lock);
+        if (e) {
             r = vmm_err(e, "starting the thread of vCPU %u: %s", i, strerror(e));
             break;
         }
-        c->thread_started = true;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return r;
 }
 
+/* Under the lock: a thread leaves the kick list before it is joined, never after. */
 void vcpus_kick(struct vmm *vm)
 {
+    pthread_mutex_lock(&vm->lock);
     for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
         struct vcpu *c = &vm->vcpus[i];
         if (!c->thread_started)
@@ -213,15 +219,20 @@ void vcpus_kick(struct vmm *vm)
         c->run->immediate_exit = 1;
         pthread_kill(c->thread, KICK_SIGNAL);
     }
+    pthread_mutex_unlock(&vm->lock);
 }
 
+/* Callers have set stop_req first, so a thread no longer kicked still leaves its loop. */
 void vcpus_join(struct vmm *vm)
 {
     for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
         struct vcpu *c = &vm->vcpus[i];
-        if (c->thread_started && !pthread_equal(c->thread, pthread_self())) {
-            pthread_join(c->thread, NULL);
+        pthread_mutex_lock(&vm->lock);
+        bool join = c->thread_started && !pthread_equal(c->thread, pthread_self());
+        if (join)
             c->thread_started = false;
-        }
+        pthread_mutex_unlock(&vm->lock);
+        if (join)
+            pthread_join(c->thread, NULL);
     }
 }

@@ -406,29 +406,36 @@ static int mem_usable(struct vmm *vm)
     return failed ? vmm_err(EIO, "VM failed, its memory is unavailable: %s", vm->message) : 0;
 }
 
-int vmm_mem_read(struct vmm *vm, unsigned long long gpa, void *buf, unsigned long long len)
+/* Host access to [gpa, gpa+len): refused for a failed VM or a range that is not all RAM. */
+static int host_range(struct vmm *vm, uint64_t gpa, uint64_t len, uint8_t **p)
 {
     int r = mem_usable(vm);
     if (r)
         return r;
-    uint8_t *p = mem_hva(&vm->mem, gpa, len);
-    if (!p)
-        return vmm_err(EFAULT, "guest range 0x%llx+0x%llx is not RAM", gpa, len);
-    memcpy(buf, p, len);
+    if (!(*p = mem_hva(&vm->mem, gpa, len)))
+        return vmm_err(EFAULT, "guest range 0x%llx+0x%llx is not RAM", (unsigned long long)gpa,
+                       (unsigned long long)len);
     return 0;
+}
+
+int vmm_mem_read(struct vmm *vm, unsigned long long gpa, void *buf, unsigned long long len)
+{
+    uint8_t *p;
+    int r = host_range(vm, gpa, len, &p);
+    if (!r)
+        memcpy(buf, p, len);
+    return r;
 }
 
 int vmm_mem_write(struct vmm *vm, unsigned long long gpa, const void *buf, unsigned long long len)
 {
-    int r = mem_usable(vm);
-    if (r)
-        return r;
-    uint8_t *p = mem_hva(&vm->mem, gpa, len);
-    if (!p)
-        return vmm_err(EFAULT, "guest range 0x%llx+0x%llx is not RAM", gpa, len);
-    memcpy(p, buf, len);
-    mem_mark_dirty(&vm->mem, (uint64_t)(p - vm->mem.base), len);
-    return 0;
+    uint8_t *p;
+    int r = host_range(vm, gpa, len, &p);
+    if (!r) {
+        memcpy(p, buf, len);
+        mem_mark_dirty(&vm->mem, (uint64_t)(p - vm->mem.base), len);
+    }
+    return r;
 }
 
 int vmm_inject(struct vmm *vm, int what)

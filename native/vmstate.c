@@ -16,6 +16,11 @@
 #define VMSTATE_HEADER 24          /* magic 8, format u32, arch u32, body length u64 */
 #define VMSTATE_MAX (64u << 20)    /* bitmaps of 32 GiB are 1 MiB; anything near this is wrong */
 
+const char *arch_name(uint32_t id)
+{
+    return id == ARCH_X86_64 ? "x86_64" : id == ARCH_AARCH64 ? "aarch64" : "unknown";
+}
+
 static void put_le(uint8_t *p, uint64_t v, int n)
 {
     for (int i = 0; i < n; i++)

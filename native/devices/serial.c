@@ -27,7 +27,7 @@ enum { UART_RBR_THR = 0, UART_IER = 1, UART_IIR_FCR = 2, UART_LCR = 3, UART_MCR 
 
 /* What a snapshot keeps: the guest-visible registers and unread input. */
 struct serial_regs {
-    uint8_t ier, lcr, mcr, lsr_extra, msr, scr, dll, dlm, fcr;
+    uint8_t ier, lcr, mcr, scr, dll, dlm, fcr;
     uint8_t thr_ipending;
     uint8_t rx[SERIAL_RX_CAP];
     uint32_t rx_head, rx_len;
@@ -198,7 +198,7 @@ static int serial_save(void *dev, struct enc *e)
     uint8_t rx[SERIAL_RX_CAP];
     for (uint32_t i = 0; i < r.rx_len; i++)
         rx[i] = r.rx[(r.rx_head + i) % SERIAL_RX_CAP];
-    enc_map(e, 11);
+    enc_map(e, 10);
     enc_kv_uint(e, "v", SERIAL_STATE_VERSION);
     enc_kv_uint(e, "ier", r.ier);
     enc_kv_uint(e, "lcr", r.lcr);
@@ -208,7 +208,6 @@ static int serial_save(void *dev, struct enc *e)
     enc_kv_uint(e, "dlm", r.dlm);
     enc_kv_uint(e, "fcr", r.fcr);
     enc_kv_uint(e, "thr_ipending", r.thr_ipending);
-    enc_kv_uint(e, "msr", r.msr);
     enc_kv_bin(e, "rx", rx, r.rx_len);
     return 0;
 }
@@ -217,12 +216,12 @@ static int serial_load(void *dev, const struct dec_map *m, uint32_t version)
 {
     struct serial *s = dev;
     struct serial_regs r = {0};
-    uint64_t v[10];
-    const char *keys[] = {"ier", "lcr", "mcr", "scr", "dll", "dlm", "fcr", "thr_ipending", "msr"};
+    uint64_t v[8];
+    const char *keys[] = {"ier", "lcr", "mcr", "scr", "dll", "dlm", "fcr", "thr_ipending"};
     const uint8_t *rx;
     uint32_t rxlen;
     (void)version;
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < 8; i++) {
         int rc = dec_get_uint(m, keys[i], &v[i]);
         if (rc)
             return rc;
@@ -238,7 +237,7 @@ static int serial_load(void *dev, const struct dec_map *m, uint32_t version)
                        SERIAL_RX_CAP);
     r.ier = (uint8_t)v[0]; r.lcr = (uint8_t)v[1]; r.mcr = (uint8_t)v[2]; r.scr = (uint8_t)v[3];
     r.dll = (uint8_t)v[4]; r.dlm = (uint8_t)v[5]; r.fcr = (uint8_t)v[6];
-    r.thr_ipending = (uint8_t)v[7]; r.msr = (uint8_t)v[8];
+    r.thr_ipending = (uint8_t)v[7];
     memcpy(r.rx, rx, rxlen);
     r.rx_len = rxlen;
     pthread_mutex_lock(&s->lock);

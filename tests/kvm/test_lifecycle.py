@@ -14,6 +14,7 @@ def test_guest_serial_output_reaches_host(microvm_factory):
     assert info.reason == StopReason.GUEST_EXIT and info.exit_code == 0
     assert vm.serial_all() == b"hello from the vmmd test guest\n"
     assert vm.stats()["first_serial_ns"] > 0
+    assert vm.stats()["io_unhandled"] == 0
 
 
 def test_guest_drives_mmio_device(microvm_factory):

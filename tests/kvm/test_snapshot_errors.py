@@ -163,3 +163,17 @@ def test_corrupt_working_set_is_refused(snap, tmp_path):
     ws.write_bytes(b"VMMDWSET" + b"\x01\x00\x00\x00" + b"\xff\xff\xff\x00" + b"\x00" * 8)
     with pytest.raises(VmmError, match="corrupt"):
         VM.restore(snap, Backend.UFFD, working_set=ws)
+
+
+def test_handler_death_after_guest_exit_keeps_the_exit(microvm_factory, tmp_path):
+    vm = microvm_factory("counter", iterations=400_000_000, start=True)
+    vm.wait_result_above(100_000)
+    vm.pause()
+    vm.snapshot(tmp_path / "s")
+    restored = microvm_factory.restore(tmp_path / "s", Backend.UFFD)
+    restored.start()
+    assert restored.wait(30).reason == StopReason.GUEST_EXIT      # threads joined
+    restored.inject(lib.VMM_INJECT_UFFD_HANDLER_DEATH)           # kicks nobody, crashes nothing
+    time.sleep(0.05)
+    info = restored.wait(5)
+    assert info.reason == StopReason.GUEST_EXIT and info.exit_code == 0

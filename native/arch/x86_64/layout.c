@@ -16,11 +16,6 @@
 
 uint32_t arch_id(void) { return ARCH_X86_64; }
 
-const char *arch_name(uint32_t id)
-{
-    return id == ARCH_X86_64 ? "x86_64" : id == ARCH_AARCH64 ? "aarch64" : "unknown";
-}
-
 int arch_memory_layout(uint64_t size, uint64_t *gpas, uint64_t *sizes, int max)
 {
     if (max < 2)

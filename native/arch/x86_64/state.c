@@ -126,6 +126,23 @@ int arch_vcpu_save(struct vmm *vm, struct vcpu *c, struct enc *e)
     return 0;
 }
 
+/* A field holding whole kernel structs (CPUID entries, MSR entries), at most `max` of them. */
+static int get_entries(const struct dec_map *m, const char *key, void *dst, size_t size,
+                       uint32_t max, uint32_t *count)
+{
+    const uint8_t *p;
+    uint32_t len;
+    int r = dec_get_bin(m, key, &p, &len);
+    if (r)
+        return r;
+    if (len % size || len / size > max)
+        return vmm_err(EINVAL, "vmstate %s is %u bytes: not whole entries, or more than %u",
+                       key, len, max);
+    memcpy(dst, p, len);
+    *count = (uint32_t)(len / size);
+    return 0;
+}
+
 /* Everything is decoded and checked first; KVM is touched only once all of it is valid. */
 int arch_vcpu_load(struct vmm *vm, struct vcpu *c, const struct dec_map *m)
 {
@@ -138,8 +155,6 @@ int arch_vcpu_load(struct vmm *vm, struct vcpu *c, const struct dec_map *m)
     struct kvm_vcpu_events events;
     struct msrs_buf msrs;
     struct cpuid_buf cpuid;
-    const uint8_t *p;
-    uint32_t len;
     uint64_t mp;
     int r, fd = c->fd;
 
@@ -151,20 +166,11 @@ int arch_vcpu_load(struct vmm *vm, struct vcpu *c, const struct dec_map *m)
         (r = dec_get_bin_exact(m, "events", &events, sizeof(events))) ||
         (r = dec_get_uint(m, "mp_state", &mp)))
         return r;
-    if ((r = dec_get_bin(m, "cpuid", &p, &len)))
-        return r;
-    if (len % sizeof(cpuid.e[0]) || len / sizeof(cpuid.e[0]) > X86_MAX_CPUID)
-        return vmm_err(EINVAL, "vmstate vcpu %d: cpuid is %u bytes, not whole entries", c->id, len);
-    cpuid.h.nent = len / sizeof(cpuid.e[0]);
     cpuid.h.padding = 0;
-    memcpy(cpuid.e, p, len);
-    if ((r = dec_get_bin(m, "msrs", &p, &len)))
-        return r;
-    if (len % sizeof(msrs.e[0]) || len / sizeof(msrs.e[0]) > X86_MAX_MSRS)
-        return vmm_err(EINVAL, "vmstate vcpu %d: msrs is %u bytes, not whole entries", c->id, len);
-    msrs.h.nmsrs = len / sizeof(msrs.e[0]);
     msrs.h.pad = 0;
-    memcpy(msrs.e, p, len);
+    if ((r = get_entries(m, "cpuid", cpuid.e, sizeof(cpuid.e[0]), X86_MAX_CPUID, &cpuid.h.nent)) ||
+        (r = get_entries(m, "msrs", msrs.e, sizeof(msrs.e[0]), X86_MAX_MSRS, &msrs.h.nmsrs)))
+        return vmm_err_ctx(r, "vCPU %d", c->id);
     const uint8_t *xs;
     uint32_t xlen;
     if ((r = dec_get_bin(m, "xsave", &xs, &xlen)))

@@ -35,14 +35,15 @@ static void test_pio_out_dispatches_every_rep(void)
     struct bus pio = {0}, mmio = {0};
     struct rec r = {0};
     char err[128];
+    int un;
     CHECK(bus_add(&pio, 0x3f8, 8, record, &r) == 0);
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_IO;
     run->io.direction = KVM_EXIT_IO_OUT;
     run->io.port = 0x3f8; run->io.size = 1; run->io.count = 3; run->io.data_offset = 1024;
     memcpy((uint8_t *)run + 1024, "abc", 3);
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
-    CHECK(r.calls == 3 && r.last == 'c' && r.w);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(r.calls == 3 && r.last == 'c' && r.w && un == 0);
     free(run);
 }
 
@@ -50,12 +51,13 @@ static void test_pio_read_of_nothing_floats_high(void)
 {
     struct bus pio = {0}, mmio = {0};
     char err[128];
+    int un;
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_IO;
     run->io.direction = KVM_EXIT_IO_IN;
     run->io.port = 0x80; run->io.size = 4; run->io.count = 1; run->io.data_offset = 1024;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
-    CHECK(*(uint32_t *)((uint8_t *)run + 1024) == 0xffffffffu);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(*(uint32_t *)((uint8_t *)run + 1024) == 0xffffffffu && un == 1);
     free(run);
 }
 
@@ -63,18 +65,19 @@ static void test_hostile_pio_exits_are_errors(void)
 {
     struct bus pio = {0}, mmio = {0};
     char err[128];
+    int un;
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_IO;
     run->io.size = 4; run->io.count = 2000; run->io.data_offset = 1024;      /* past the page */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
     run->io.count = 1000;                                                   /* fits, not at 1024 */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
     run->io.count = 1; run->io.data_offset = 1u << 30;                      /* offset outside */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
     run->io.data_offset = 1024; run->io.size = 3;                            /* no such width */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
     run->io.size = 1; run->io.count = 0xffffffffu; run->io.data_offset = 8;  /* wraps if unchecked */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
     free(run);
 }
 
@@ -83,20 +86,21 @@ static void test_mmio_dispatch_and_bad_length(void)
     struct bus pio = {0}, mmio = {0};
     struct rec r = {0};
     char err[128];
+    int un;
     CHECK(bus_add(&mmio, 0xd0000000, 0x1000, record, &r) == 0);
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_MMIO;
     run->mmio.phys_addr = 0xd0000010; run->mmio.len = 8; run->mmio.is_write = 0;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
     CHECK(r.off == 0x10 && r.len == 8 && run->mmio.data[7] == 0x42);
     run->mmio.phys_addr = 0xd0000ffc;          /* straddles the end: nobody owns it */
     r.calls = 0;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
-    CHECK(r.calls == 0 && run->mmio.data[0] == 0xff);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(r.calls == 0 && run->mmio.data[0] == 0xff && un == 1);
     run->mmio.len = 9;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
     run->mmio.len = 0;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
     free(run);
 }
 
@@ -104,16 +108,17 @@ static void test_other_exits(void)
 {
     struct bus pio = {0}, mmio = {0};
     char err[128];
+    int un;
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_SHUTDOWN;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_SHUTDOWN);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_SHUTDOWN);
     run->exit_reason = KVM_EXIT_INTR;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
     run->exit_reason = KVM_EXIT_INTERNAL_ERROR;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
     CHECK(strstr(err, "INTERNAL_ERROR") != NULL);
     run->exit_reason = 9999;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
     free(run);
 }
 
