@@ -39,7 +39,7 @@ struct uffd {
     uint8_t *installed;       /* present now; every population goes through us (MISSING mode) */
     uint32_t *ws;             /* installation order */
     size_t ws_len, ws_cap;
-    pthread_mutex_t lock;     /* ws, installed */
+    pthread_mutex_t lock;     /* ws and installed against a concurrent working-set save */
 };
 
 static int open_uffd(void)
@@ -99,8 +99,9 @@ static void record(struct uffd *u, uint64_t first, uint64_t n)
 }
 
 /*
- * Installs pages [first, first+n), all held by layers, with one UFFDIO_COPY; `buf` has room for
- * n pages. Pages someone installed meanwhile (EEXIST) are stepped over. 0, -EAGAIN, or fatal.
+ * Installs pages [first, first+n), all held by layers, with one UFFDIO_COPY, and records what it
+ * installed; `buf` has room for n pages. Pages installed meanwhile (EEXIST) are stepped over.
+ * 0, -EAGAIN, or fatal.
  */
 static int copy_run(struct vmm *vm, struct uffd *u, uint64_t first, uint64_t n, uint8_t *buf,
                     bool wake, uint64_t *done)
@@ -122,10 +123,12 @@ static int copy_run(struct vmm *vm, struct uffd *u, uint64_t first, uint64_t n, 
             .mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
         };
         if (ioctl(atomic_load(&u->fd), UFFDIO_COPY, &c) == 0) {
+            record(u, first + off, n - off);
             *done += n - off;
             return 0;
         }
         int64_t copied = c.copy > 0 ? c.copy : 0;
+        record(u, first + off, (uint64_t)copied / PAGE_SIZE);
         *done += (uint64_t)copied / PAGE_SIZE;
         if (errno == EEXIST)
             off += (uint64_t)copied / PAGE_SIZE + 1;
@@ -163,8 +166,10 @@ static int install_one(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf
         .range = {.start = (uint64_t)(uintptr_t)(vm->mem.base + pg * PAGE_SIZE), .len = PAGE_SIZE},
         .mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE,
     };
-    if (ioctl(atomic_load(&u->fd), UFFDIO_ZEROPAGE, &z) == 0)
+    if (ioctl(atomic_load(&u->fd), UFFDIO_ZEROPAGE, &z) == 0) {
+        record(u, pg, 1);
         return 0;
+    }
     if (errno == EEXIST)
         return wake ? wake_page(vm, u, pg) : 0;
     return errno == EAGAIN ? -EAGAIN : vmm_err(errno, "UFFDIO_ZEROPAGE of page %llu: %m",
@@ -178,16 +183,13 @@ static int serve_block(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf
     int r = install_one(vm, u, pg, buf, true, zero);
     if (r)
         return r;
-    record(u, pg, 1);
     *pages = 1;
     uint64_t start = pg & ~(uint64_t)(AROUND_PAGES - 1), end = start + AROUND_PAGES;
     if (end > vm->mem.npages)
         end = vm->mem.npages;
+    /* `installed` changes only on this thread once vCPUs run: read without the lock */
     for (uint64_t p = start; p < end;) {
-        pthread_mutex_lock(&u->lock);
-        bool skip = bit_test(u->installed, p);
-        pthread_mutex_unlock(&u->lock);
-        if (skip || layer_of(vm, u, p) < 0) {
+        if (bit_test(u->installed, p) || layer_of(vm, u, p) < 0) {
             p++;
             continue;
         }
@@ -195,7 +197,6 @@ static int serve_block(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf
         while (q < end && layer_of(vm, u, q) >= 0 && !bit_test(u->installed, q))
             q++;
         r = copy_run(vm, u, p, q - p, buf, false, &done);
-        record(u, p, done);
         *pages += done;
         if (r == -EAGAIN)
             return 0;   /* a REMOVE raced us: the rest of the block can fault in later */
@@ -480,10 +481,8 @@ int uffd_prefetch(struct vmm *vm, const char *path)
         r = install_one(vm, vm->uffd, pg, page, false, &zero);
         if (r == -EAGAIN)
             r = 0;   /* the handler will serve it on demand */
-        else if (!r) {
-            record(vm->uffd, pg, 1);
+        else if (!r)
             atomic_fetch_add(&vm->st.uffd_prefetched, 1);
-        }
     }
     free(page);
     free(buf);
