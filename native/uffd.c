@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "internal.h"
@@ -37,6 +38,7 @@ struct uffd {
     bool started;
     uint8_t *removed;         /* discarded since restore: their layer data is stale */
     uint8_t *installed;       /* present now; every population goes through us (MISSING mode) */
+    uint8_t *maps[VMM_MAX_LAYERS];   /* each layer's memory file, mapped read-only */
     uint32_t *ws;             /* installation order */
     size_t ws_len, ws_cap;
     pthread_mutex_t lock;     /* ws and installed against a concurrent working-set save */
@@ -68,16 +70,6 @@ static int layer_of(const struct vmm *vm, const struct uffd *u, uint64_t pg)
     return -1;
 }
 
-static int read_pages(struct vmm *vm, int layer, uint64_t pg, uint64_t n, uint8_t *dst)
-{
-    size_t len = n * PAGE_SIZE;
-    ssize_t r = pread(vm->mem.layers[layer].fd, dst, len, (off_t)(pg * PAGE_SIZE));
-    if (r != (ssize_t)len)
-        return vmm_err(r < 0 ? errno : EIO, "memory file of layer %d cannot give page %llu: %s",
-                       layer, (unsigned long long)pg, r < 0 ? strerror(errno) : "truncated");
-    return 0;
-}
-
 static void record(struct uffd *u, uint64_t first, uint64_t n)
 {
     pthread_mutex_lock(&u->lock);
@@ -98,27 +90,24 @@ static void record(struct uffd *u, uint64_t first, uint64_t n)
     pthread_mutex_unlock(&u->lock);
 }
 
-/*
- * Installs pages [first, first+n), all held by layers, with one UFFDIO_COPY, and records what it
- * installed; `buf` has room for n pages. Pages installed meanwhile (EEXIST) are stepped over.
- * 0, -EAGAIN, or fatal.
- */
-static int copy_run(struct vmm *vm, struct uffd *u, uint64_t first, uint64_t n, uint8_t *buf,
-                    bool wake, uint64_t *done)
+static int layer_lost(int layer, uint64_t pg)
 {
-    int r;
-    for (uint64_t i = 0, j; i < n; i = j) {   /* one read per stretch held by the same layer */
-        int layer = layer_of(vm, u, first + i);
-        for (j = i + 1; j < n && layer_of(vm, u, first + j) == layer; j++)
-            ;
-        if ((r = read_pages(vm, layer, first + i, j - i, buf + i * PAGE_SIZE)))
-            return r;
-    }
+    return vmm_err(EIO, "memory file of layer %d cannot give page %llu: truncated or unreadable",
+                   layer, (unsigned long long)pg);
+}
+
+/*
+ * UFFDIO_COPY of [first, first+n) straight from the layer's read-only mapping (no bounce copy);
+ * the kernel's copy from a truncated file fails with EFAULT instead of raising SIGBUS here.
+ */
+static int copy_from_layer(struct vmm *vm, struct uffd *u, int layer, uint64_t first, uint64_t n,
+                           bool wake, uint64_t *done)
+{
     uint64_t off = 0;
     while (off < n) {
         struct uffdio_copy c = {
             .dst = (uint64_t)(uintptr_t)(vm->mem.base + (first + off) * PAGE_SIZE),
-            .src = (uint64_t)(uintptr_t)(buf + off * PAGE_SIZE),
+            .src = (uint64_t)(uintptr_t)(u->maps[layer] + (first + off) * PAGE_SIZE),
             .len = (n - off) * PAGE_SIZE,
             .mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
         };
@@ -127,16 +116,34 @@ static int copy_run(struct vmm *vm, struct uffd *u, uint64_t first, uint64_t n, 
             *done += n - off;
             return 0;
         }
-        int64_t copied = c.copy > 0 ? c.copy : 0;
-        record(u, first + off, (uint64_t)copied / PAGE_SIZE);
-        *done += (uint64_t)copied / PAGE_SIZE;
+        uint64_t copied = c.copy > 0 ? (uint64_t)c.copy / PAGE_SIZE : 0;
+        record(u, first + off, copied);
+        *done += copied;
         if (errno == EEXIST)
-            off += (uint64_t)copied / PAGE_SIZE + 1;
+            off += copied + 1;
         else if (errno == EAGAIN)
             return -EAGAIN;
+        else if (errno == EFAULT)
+            return layer_lost(layer, first + off + copied);
         else
             return vmm_err(errno, "UFFDIO_COPY of pages %llu+%llu: %m",
                            (unsigned long long)(first + off), (unsigned long long)(n - off));
+    }
+    return 0;
+}
+
+
+/* Installs pages [first, first+n), all held by layers: one copy per stretch of one layer. */
+static int copy_run(struct vmm *vm, struct uffd *u, uint64_t first, uint64_t n, bool wake,
+                    uint64_t *done)
+{
+    for (uint64_t i = 0, j; i < n; i = j) {
+        int layer = layer_of(vm, u, first + i), r;
+        for (j = i + 1; j < n && layer_of(vm, u, first + j) == layer; j++)
+            ;
+        /* only the stretch holding the faulting page needs to wake; others are DONTWAKE */
+        if ((r = copy_from_layer(vm, u, layer, first + i, j - i, wake, done)))
+            return r;
     }
     return 0;
 }
@@ -152,14 +159,14 @@ static int wake_page(struct vmm *vm, struct uffd *u, uint64_t pg)
 }
 
 /* One page, from its layer or as a zero page; for the faulting page and working-set prefetch. */
-static int install_one(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf, bool wake,
+static int install_one(struct vmm *vm, struct uffd *u, uint64_t pg, bool wake,
                        bool *zero)
 {
     int layer = layer_of(vm, u, pg);
     uint64_t done = 0;
     *zero = layer < 0;
     if (layer >= 0) {
-        int r = copy_run(vm, u, pg, 1, buf, wake, &done);
+        int r = copy_run(vm, u, pg, 1, wake, &done);
         return !r && wake && done == 0 ? wake_page(vm, u, pg) : r;
     }
     struct uffdio_zeropage z = {
@@ -176,27 +183,53 @@ static int install_one(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf
                                                (unsigned long long)pg);
 }
 
-/* The faulting page first (it wakes the vCPU), then the layer-held runs of its block. */
-static int serve_block(struct vmm *vm, struct uffd *u, uint64_t pg, uint8_t *buf, bool *zero,
+static bool installable(const struct vmm *vm, const struct uffd *u, uint64_t pg)
+{
+    return !bit_test(u->installed, pg) && layer_of(vm, u, pg) >= 0;
+}
+
+/*
+ * The faulting page's block: the run of layer-held pages around it goes in one UFFDIO_COPY that
+ * also wakes the vCPU (one read, one ioctl, one wake-up for the common case), the block's other
+ * runs follow without waking. A zero page is installed alone. `installed` changes only on this
+ * thread once vCPUs run, so it is read without the lock.
+ */
+static int serve_block(struct vmm *vm, struct uffd *u, uint64_t pg, bool *zero,
                        uint64_t *pages)
 {
-    int r = install_one(vm, u, pg, buf, true, zero);
-    if (r)
-        return r;
-    *pages = 1;
-    uint64_t start = pg & ~(uint64_t)(AROUND_PAGES - 1), end = start + AROUND_PAGES;
+    uint64_t start = pg & ~(uint64_t)(AROUND_PAGES - 1), end = start + AROUND_PAGES, done = 0;
     if (end > vm->mem.npages)
         end = vm->mem.npages;
-    /* `installed` changes only on this thread once vCPUs run: read without the lock */
+    *pages = 0;
+    if (!installable(vm, u, pg)) {      /* a zero page, or installed since the fault was queued */
+        int r = install_one(vm, u, pg, true, zero);
+        *pages = r ? 0 : 1;
+        if (r || *zero)
+            return r;
+    } else {
+        uint64_t a = pg, b = pg + 1;
+        while (a > start && installable(vm, u, a - 1))
+            a--;
+        while (b < end && installable(vm, u, b))
+            b++;
+        *zero = false;
+        int r = copy_run(vm, u, a, b - a, true, &done);
+        if (!r && done == 0)
+            r = wake_page(vm, u, pg);   /* all of it appeared meanwhile: still wake the vCPU */
+        *pages = done;
+        if (r)
+            return r;
+    }
     for (uint64_t p = start; p < end;) {
-        if (bit_test(u->installed, p) || layer_of(vm, u, p) < 0) {
+        if (!installable(vm, u, p)) {
             p++;
             continue;
         }
-        uint64_t q = p + 1, done = 0;
-        while (q < end && layer_of(vm, u, q) >= 0 && !bit_test(u->installed, q))
+        uint64_t q = p + 1;
+        while (q < end && installable(vm, u, q))
             q++;
-        r = copy_run(vm, u, p, q - p, buf, false, &done);
+        done = 0;
+        int r = copy_run(vm, u, p, q - p, false, &done);
         *pages += done;
         if (r == -EAGAIN)
             return 0;   /* a REMOVE raced us: the rest of the block can fault in later */
@@ -225,7 +258,7 @@ static void on_remove(struct vmm *vm, struct uffd *u, const struct uffd_msg *msg
     atomic_fetch_add(&vm->st.uffd_removes, 1);
 }
 
-static int serve_fault(struct vmm *vm, struct uffd *u, uint64_t addr, uint8_t *buf)
+static int serve_fault(struct vmm *vm, struct uffd *u, uint64_t addr)
 {
     uint64_t base = (uint64_t)(uintptr_t)vm->mem.base;
     if (addr < base || addr >= base + vm->mem.size)
@@ -233,7 +266,7 @@ static int serve_fault(struct vmm *vm, struct uffd *u, uint64_t addr, uint8_t *b
     uint64_t pg = (addr - base) / PAGE_SIZE, t0 = now_ns(), pages = 0;
     bool zero = false;
     int r;
-    for (int tries = 0; (r = serve_block(vm, u, pg, buf, &zero, &pages)) == -EAGAIN; tries++) {
+    for (int tries = 0; (r = serve_block(vm, u, pg, &zero, &pages)) == -EAGAIN; tries++) {
         /* the mapping changed under us (a REMOVE is queued): take the events, then retry */
         struct uffd_msg msg;
         while (read(atomic_load(&u->fd), &msg, sizeof(msg)) == sizeof(msg))
@@ -269,11 +302,8 @@ static void *handler_thread(void *arg)
 {
     struct vmm *vm = arg;
     struct uffd *u = vm->uffd;
-    uint8_t *buf = aligned_alloc(PAGE_SIZE, AROUND_PAGES * PAGE_SIZE);
     struct uffd_msg msgs[MSG_BATCH];
-    char why[VMM_ERR_LEN] = "out of memory for the bounce page";
-    if (!buf)
-        goto died;
+    char why[VMM_ERR_LEN];
     for (;;) {
         struct pollfd p[2] = {{.fd = atomic_load(&u->fd), .events = POLLIN},
                               {.fd = u->ctl, .events = POLLIN}};
@@ -308,16 +338,14 @@ static void *handler_thread(void *arg)
         for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
             if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
                 continue;
-            if (serve_fault(vm, u, msgs[i].arg.pagefault.address & ~(PAGE_SIZE - 1), buf)) {
+            if (serve_fault(vm, u, msgs[i].arg.pagefault.address & ~(PAGE_SIZE - 1))) {
                 snprintf(why, sizeof(why), "%s", vmm_last_error());
                 goto died;
             }
         }
     }
-    free(buf);
     return NULL;
 died:
-    free(buf);
     handler_died(vm, u, why);
     return NULL;
 }
@@ -354,6 +382,13 @@ int uffd_setup(struct vmm *vm)
         return vmm_err(ENOTSUP, "userfaultfd on this kernel lacks COPY/ZEROPAGE for anon memory");
     if ((u->ctl = eventfd(0, EFD_CLOEXEC)) < 0)
         return vmm_err(errno, "eventfd: %m");
+    for (int l = 0; l < m->nlayers; l++) {
+        u->maps[l] = mmap(NULL, m->size, PROT_READ, MAP_SHARED | MAP_NORESERVE, m->layers[l].fd, 0);
+        if (u->maps[l] == MAP_FAILED) {
+            u->maps[l] = NULL;
+            return vmm_err(errno, "mmap of layer %d's memory file: %m", l);
+        }
+    }
     /* the handler must run before vCPUs do: restore and host reads touch memory too */
     sigset_t all, old;
     sigfillset(&all);
@@ -389,6 +424,9 @@ void uffd_teardown(struct vmm *vm)
         close(fd);
     if (u->ctl >= 0)
         close(u->ctl);
+    for (int l = 0; l < VMM_MAX_LAYERS; l++)
+        if (u->maps[l])
+            munmap(u->maps[l], vm->mem.size);
     pthread_mutex_destroy(&u->lock);
     free(u->removed);
     free(u->installed);
@@ -464,11 +502,6 @@ int uffd_prefetch(struct vmm *vm, const char *path)
         free(buf);
         return vmm_err(EINVAL, "working set %s is corrupt, truncated or of another version", path);
     }
-    uint8_t *page = aligned_alloc(PAGE_SIZE, PAGE_SIZE);
-    if (!page) {
-        free(buf);
-        return vmm_err(ENOMEM, "out of memory");
-    }
     for (uint32_t i = 0; i < count && !r; i++) {
         uint32_t pg;
         memcpy(&pg, buf + 16 + (size_t)i * 4, 4);
@@ -478,13 +511,12 @@ int uffd_prefetch(struct vmm *vm, const char *path)
             break;
         }
         bool zero;
-        r = install_one(vm, vm->uffd, pg, page, false, &zero);
+        r = install_one(vm, vm->uffd, pg, false, &zero);
         if (r == -EAGAIN)
             r = 0;   /* the handler will serve it on demand */
         else if (!r)
             atomic_fetch_add(&vm->st.uffd_prefetched, 1);
     }
-    free(page);
     free(buf);
     return r;
 }
