@@ -3,19 +3,22 @@ import re
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 
 def test_x86_64_host_runs_native_core(testhost):
+    # Guests that end by themselves only: kicking a spinning guest out of KVM_RUN (pause) has
+    # locked this emulated host up (docs/emulated-hosts.md, "Known problems").
     r = testhost("x86_64").pytest(
         "tests/kvm/test_guest_smoke.py", "tests/kvm/test_lifecycle.py",
-        "-k", "hello_guest or serial_output or mmio or pause", guests=("hello", "mmio", "counter"))
+        "-k", "hello_guest or serial_output or mmio", guests=("hello", "mmio"), timeout=300)
     assert "kvm: yes" in r.console, r.console[-2000:]
     assert passed_cleanly(r), r.output + r.console[-2000:]
 
 
 def test_aarch64_host_runs_native_core(testhost):
-    r = testhost("aarch64").pytest("tests/kvm/test_guest_smoke.py", "tests/unit/test_runtime_deps.py")
+    r = testhost("aarch64").pytest("tests/kvm/test_guest_smoke.py", "tests/unit/test_runtime_deps.py",
+                                   timeout=300)
     assert "kvm: yes" in r.console, r.console[-2000:]
     assert passed_cleanly(r), r.output + r.console[-2000:]
 
