@@ -9,7 +9,9 @@ import os
 import statistics
 import struct
 import sys
+import time
 
+import msgpack
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -56,7 +58,6 @@ def guest_snapshot(tmp_path_factory):
         vm.load_flat(build(guest), LOAD_GPA, stack_top=STACK_TOP)
         vm.start()
         if mark is not None:
-            import time
             while vm.stats()["debug_mark"] != mark:
                 time.sleep(0.001)
         else:
@@ -64,7 +65,6 @@ def guest_snapshot(tmp_path_factory):
                 pass
         vm.pause()
         vm.snapshot(d)
-        import msgpack
         blob = (d / "vmstate").read_bytes()
         body = msgpack.unpackb(blob[24:-4], raw=False)
         vm.close()

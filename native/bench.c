@@ -11,6 +11,7 @@
 #include "internal.h"
 #include "arch.h"
 
+/* The floor runs the x86 flat beacon guest (arch_flat_vcpu_regs refuses elsewhere). */
 #define FLOOR_SERIAL_PORT 0x3f8
 
 int vmm_bench_floor(const char *memory_file, unsigned long long mem_size,

@@ -80,6 +80,7 @@ struct guest_mem {
 };
 int mem_alloc(struct guest_mem *m, const uint64_t *gpas, const uint64_t *sizes, int n, int backend);
 void mem_free(struct guest_mem *m);
+void mem_layers_free(struct mem_layer *layers, int n);
 /* A host pointer for [gpa, gpa+len) if it lies inside one region, else NULL. */
 uint8_t *mem_hva(const struct guest_mem *m, uint64_t gpa, uint64_t len);
 void mem_mark_dirty(struct guest_mem *m, uint64_t linear_off, uint64_t len);

@@ -35,16 +35,22 @@ int mem_alloc(struct guest_mem *m, const uint64_t *gpas, const uint64_t *sizes, 
     return 0;
 }
 
+void mem_layers_free(struct mem_layer *layers, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (layers[i].fd >= 0)
+            close(layers[i].fd);
+        free(layers[i].bitmap);
+        layers[i] = (struct mem_layer){.fd = -1};
+    }
+}
+
 void mem_free(struct guest_mem *m)
 {
     if (m->base)
         munmap(m->base, m->size);
     free(m->host_dirty);
-    for (int i = 0; i < m->nlayers; i++) {
-        if (m->layers[i].fd >= 0)
-            close(m->layers[i].fd);
-        free(m->layers[i].bitmap);
-    }
+    mem_layers_free(m->layers, m->nlayers);
     memset(m, 0, sizeof(*m));
 }
 

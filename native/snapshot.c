@@ -533,11 +533,7 @@ int vmm_restore(const char *dir, const struct vmm_restore_opts *opts, struct vmm
 out:
     if (r)
         r = vmm_err_ctx(r, "restore from %s", real);
-    for (int i = 0; i < nlayers; i++) {
-        if (layers[i].fd >= 0)
-            close(layers[i].fd);
-        free(layers[i].bitmap);
-    }
+    mem_layers_free(layers, nlayers);
     vmm_destroy(vm);
     free(p.buf);
     return r;
@@ -560,11 +556,7 @@ int vmm_snapshot_inspect(const char *dir, struct vmm_snapshot_info *info)
         struct mem_layer layers[VMM_MAX_LAYERS];
         int n = 0;
         r = open_chain(dir, &ms, layers, &n);
-        for (int i = 0; i < n; i++) {
-            if (layers[i].fd >= 0)
-                close(layers[i].fd);
-            free(layers[i].bitmap);
-        }
+        mem_layers_free(layers, n);
         info->depth = n > 0 ? (unsigned)n - 1 : 0;
     }
     free(p.buf);

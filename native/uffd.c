@@ -132,7 +132,6 @@ static int copy_from_layer(struct vmm *vm, struct uffd *u, int layer, uint64_t f
     return 0;
 }
 
-
 /* Installs pages [first, first+n), all held by layers: one copy per stretch of one layer. */
 static int copy_run(struct vmm *vm, struct uffd *u, uint64_t first, uint64_t n, bool wake,
                     uint64_t *done)

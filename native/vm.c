@@ -46,7 +46,7 @@ static int check_config(const struct vmm_config *cfg)
     return 0;
 }
 
-/* Guest memory as the backend wants it, registered with KVM. */
+/* Guest memory as the backend wants it, registered with KVM; takes the layers, even on failure. */
 static int build_memory(struct vmm *vm, int backend, struct mem_layer *layers, int nlayers)
 {
     uint64_t gpas[VMM_MAX_REGIONS], sizes[VMM_MAX_REGIONS];
@@ -54,9 +54,12 @@ static int build_memory(struct vmm *vm, int backend, struct mem_layer *layers, i
     if (n < 0)
         return n;
     int r = mem_alloc(&vm->mem, gpas, sizes, n, backend);
-    if (r)
+    if (r) {
+        mem_layers_free(layers, nlayers);
         return r;
-    memcpy(vm->mem.layers, layers, sizeof(layers[0]) * (size_t)nlayers);
+    }
+    for (int i = 0; i < nlayers; i++)
+        vm->mem.layers[i] = layers[i];
     vm->mem.nlayers = nlayers;
     if (backend == VMM_MEM_MMAP)
         r = mem_map_layers(&vm->mem);
@@ -76,11 +79,7 @@ int vm_build(const struct vmm_config *cfg, int backend, struct mem_layer *layers
     int r = check_config(cfg);
     struct vmm *vm = r ? NULL : calloc(1, sizeof(*vm));
     if (!vm) {
-        for (int i = 0; i < nlayers; i++) {
-            if (layers[i].fd >= 0)
-                close(layers[i].fd);
-            free(layers[i].bitmap);
-        }
+        mem_layers_free(layers, nlayers);
         return r ? r : vmm_err(ENOMEM, "out of memory for the VM");
     }
     vm->cfg = *cfg;
@@ -139,14 +138,7 @@ int vm_build(const struct vmm_config *cfg, int backend, struct mem_layer *layers
     *out = vm;
     return 0;
 fail:
-    if (nlayers) {   /* failed before memory took them over */
-        vm->mem.nlayers = 0;
-        for (int i = 0; i < nlayers; i++) {
-            if (layers[i].fd >= 0)
-                close(layers[i].fd);
-            free(layers[i].bitmap);
-        }
-    }
+    mem_layers_free(layers, nlayers);   /* nonzero only if we failed before memory took them */
     vmm_destroy(vm);
     return r;
 }
@@ -170,11 +162,7 @@ void vmm_destroy(struct vmm *vm)
 {
     if (!vm)
         return;
-    atomic_store(&vm->stop_req, true);
-    pthread_mutex_lock(&vm->lock);
-    pthread_cond_broadcast(&vm->cond);
-    pthread_mutex_unlock(&vm->lock);
-    vcpus_kick(vm);
+    vm_end(vm, VMM_STOP_HOST, 0, "destroyed by the host");
     uffd_teardown(vm);    /* wakes any vCPU blocked on a missing page */
     vcpus_join(vm);
     for (int i = 0; i < vm->ndevices; i++)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from guests import DATA, RESULTS
+from guests import DATA
 from helpers import decode
 from vmmd.native import Backend, State, StopReason, VmmError, snapshot_info
 
@@ -30,6 +30,16 @@ def run_then_snapshot(microvm_factory, tmp_path, name="base", **kw):
     snap = tmp_path / name
     vm.snapshot(snap)
     return vm, snap
+
+
+def run_more(vm, count=1_000_000):
+    """Resumes (or starts) the counter guest, lets it count `count` more, pauses it again."""
+    if vm.state == State.CREATED:
+        vm.start()
+    else:
+        vm.resume()
+    vm.wait_result_above(vm.result() + count)
+    vm.pause()
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name.lower())
@@ -78,9 +88,7 @@ def test_two_restores_diverge(microvm_factory, tmp_path, backend):
     page = DATA + 100 * PAGE
     before = a.mem_read(page, PAGE)
     a.mem_write(page, b"A" * PAGE)
-    a.start()
-    a.wait_result_above(a.result() + 1_000_000)
-    a.pause()
+    run_more(a)
     assert a.mem_read(page, PAGE) == b"A" * PAGE
     assert b.mem_read(page, PAGE) == before
     assert b.result() == vm.result()                 # b never ran: still at the snapshot
@@ -89,9 +97,7 @@ def test_two_restores_diverge(microvm_factory, tmp_path, backend):
 
 def test_diff_snapshot_holds_only_dirtied_pages(microvm_factory, tmp_path):
     vm, base = run_then_snapshot(microvm_factory, tmp_path, pages=16)
-    vm.resume()
-    vm.wait_result_above(vm.result() + 1_000_000)
-    vm.pause()
+    run_more(vm)
     diff = tmp_path / "diff"
     vm.snapshot(diff, diff=True)
     info = snapshot_info(diff)
@@ -106,9 +112,7 @@ def test_diff_snapshot_holds_only_dirtied_pages(microvm_factory, tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name.lower())
 def test_diff_restores_on_top_of_parent(microvm_factory, tmp_path, backend):
     vm, base = run_then_snapshot(microvm_factory, tmp_path, pages=64)
-    vm.resume()
-    vm.wait_result_above(vm.result() + 1_000_000)
-    vm.pause()
+    run_more(vm)
     diff = tmp_path / "diff"
     vm.snapshot(diff, diff=True)
     restored = microvm_factory.restore(diff, backend)
@@ -120,13 +124,9 @@ def test_diff_restores_on_top_of_parent(microvm_factory, tmp_path, backend):
 def test_diff_of_restored_vm_chains_three_layers(microvm_factory, tmp_path, backend):
     vm, base = run_then_snapshot(microvm_factory, tmp_path, pages=64)
     mid = microvm_factory.restore(base, backend, track_dirty=True)
-    mid.start()
-    mid.wait_result_above(mid.result() + 1_000_000)
-    mid.pause()
+    run_more(mid)
     mid.snapshot(tmp_path / "d1", diff=True)
-    mid.resume()
-    mid.wait_result_above(mid.result() + 1_000_000)
-    mid.pause()
+    run_more(mid)
     mid.snapshot(tmp_path / "d2", diff=True)
     assert snapshot_info(tmp_path / "d2").depth == 2
     top = microvm_factory.restore(tmp_path / "d2", backend)
