@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import LOAD_GPA, STACK_TOP, build, median, report
-from vmmd._native import ffi, lib
+from conftest import LOAD_GPA, STACK_TOP, build, devices, median, report
+from vmmd.native import ffi, lib
 from vmmd.native import VM, Backend
 
 ROUNDS = 15
@@ -58,7 +58,7 @@ def test_cold_start(benchmark, size):
     image = build("beacon")
 
     def cold():
-        vm = VM.create(1, SIZES[size], debug_devices=True)
+        vm = VM.create(1, SIZES[size], devices=devices())
         vm.load_flat(image, LOAD_GPA, stack_top=STACK_TOP)
         return vm
 
@@ -70,7 +70,7 @@ def working_set(d):
     """Records the pages a restored copy touches up to its first serial byte, once per snapshot."""
     ws = d.parent / f"{d.name}.ws"
     if not ws.exists():
-        vm = VM.restore(d, Backend.UFFD)
+        vm = VM.restore(d, Backend.UFFD, devices=devices())
         vm.start()
         while not vm.stats()["first_serial_ns"]:
             pass
@@ -85,10 +85,10 @@ def working_set(d):
 def test_restore(benchmark, guest_snapshot, size, variant):
     d, _ = guest_snapshot("beacon", SIZES[size])
     if variant == "mmap":
-        make = lambda: VM.restore(d, Backend.MMAP)  # noqa: E731
+        make = lambda: VM.restore(d, Backend.MMAP, devices=devices())  # noqa: E731
     else:
         ws = working_set(d) if variant == "uffd+ws" else None
-        make = lambda: VM.restore(d, Backend.UFFD, working_set=ws)  # noqa: E731
+        make = lambda: VM.restore(d, Backend.UFFD, working_set=ws, devices=devices())  # noqa: E731
     name = variant
     v = measure(benchmark, (size, name), lambda: first_byte_latency(make))
     report("restore latency", f"{name} {size} (ms)", v * 1e3)

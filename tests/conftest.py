@@ -9,8 +9,10 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("VMMD_NATIVE", "test")   # the test build: debug devices, fault injection
 
-from guests import LOAD_GPA, PARAMS, RESULTS, STACK_SIZE, STACK_TOP, build, machine_arch  # noqa: E402
+from guests import (LOAD_GPA, PARAMS, RESULTS, STACK_SIZE, STACK_TOP, build,  # noqa: E402
+                    devices as guest_devices, machine_arch)
 
 REQUIRE_KVM = os.environ.get("VMMD_REQUIRE_KVM") == "1"
 
@@ -22,7 +24,7 @@ def kvm_problem() -> str | None:
         return f"/dev/kvm unusable: {e.strerror}"
     os.close(fd)
     try:
-        import vmmd._native  # noqa: F401
+        import vmmd._native_test  # noqa: F401
     except ImportError as e:
         return f"native core not built: {e}"
     return None
@@ -45,6 +47,24 @@ def pytest_collection_modifyitems(config, items):
             item.fixturenames.insert(0, "_kvm_required")
         else:
             item.add_marker(pytest.mark.skip(reason=problem))
+
+
+def pytest_sessionfinish(session):
+    """Memory files of restored snapshots are immutable; let pytest delete its temp dirs."""
+    release_snapshots(session.config._tmp_path_factory.getbasetemp()
+                      if hasattr(session.config, "_tmp_path_factory") else None)
+
+
+def release_snapshots(root) -> None:
+    if root is None or not os.path.isdir(root):
+        return
+    from vmmd.native import VmmError, snapshot_release
+    for dirpath, _, files in os.walk(root):
+        if "memory" in files:
+            try:
+                snapshot_release(dirpath)
+            except VmmError:
+                pass
 
 
 @pytest.fixture
@@ -105,7 +125,7 @@ def microvm_factory():
 
     def make(guest: str, *, vcpus: int = 1, mem_size: int = 64 << 20, track_dirty: bool = True,
              start: bool = False, **guest_params) -> GuestVM:
-        vm = VM.create(vcpus, mem_size, track_dirty=track_dirty, debug_devices=True)
+        vm = VM.create(vcpus, mem_size, track_dirty=track_dirty, devices=guest_devices())
         made.append(vm)
         vm.mem_write(PARAMS, params(**guest_params))
         vm.load_flat(build(guest), LOAD_GPA, stack_top=STACK_TOP, stack_size=STACK_SIZE)
@@ -114,6 +134,7 @@ def microvm_factory():
         return GuestVM(vm)
 
     def restore(directory, backend, **kw) -> GuestVM:
+        kw.setdefault("devices", guest_devices())
         vm = VM.restore(directory, backend, **kw)
         made.append(vm)
         return GuestVM(vm)

@@ -64,3 +64,9 @@ def build(name: str, arch: str = "x86_64") -> bytes:
 def machine_arch() -> str:
     import platform
     return {"arm64": "aarch64"}.get(platform.machine(), platform.machine())
+
+
+def devices():
+    """What every test guest expects: the debug port and the MMIO test device (first slot)."""
+    from vmmd.native import Device, DeviceType
+    return (Device(DeviceType.DEBUG), Device(DeviceType.TESTDEV))
