@@ -116,6 +116,26 @@ static bool park(struct eventloop *l)
     return stop;
 }
 
+static void dispatch(struct eventloop *l, struct epoll_event *ev, int n)
+{
+    for (int i = 0; i < n; i++) {
+        uint64_t slot = ev[i].data.u64;
+        if (slot == UINT64_MAX) {   /* ctl: its request is read under the lock */
+            uint64_t v;
+            while (read(l->ctl, &v, sizeof(v)) == sizeof(v))
+                ;
+            continue;
+        }
+        pthread_mutex_lock(&l->lock);
+        struct evl_handler h = slot < EVL_MAX_HANDLERS ? l->h[slot] : (struct evl_handler){0};
+        pthread_mutex_unlock(&l->lock);
+        if (h.used) {
+            h.fn(h.ctx, ev[i].events);
+            atomic_fetch_add(&l->dispatched, 1);
+        }
+    }
+}
+
 static void *loop_thread(void *arg)
 {
     struct eventloop *l = arg;
@@ -125,28 +145,19 @@ static void *loop_thread(void *arg)
         if (n < 0 && errno != EINTR)
             break;
         pthread_mutex_lock(&l->lock);
-        bool ctl = l->quiesce_req || l->stop;
+        bool quiesce = l->quiesce_req, stop = l->stop;
         pthread_mutex_unlock(&l->lock);
-        if (ctl) {
+        if (stop)
+            break;
+        if (n > 0)
+            dispatch(l, ev, n);
+        if (quiesce) {
+            /* one more pass over what is ready now, bounded: a busy socket cannot hold it */
+            n = epoll_wait(l->epfd, ev, EVL_BATCH, 0);
+            if (n > 0)
+                dispatch(l, ev, n);
             if (park(l))
                 break;
-            continue;   /* events seen before the park are seen again: epoll is level-triggered */
-        }
-        for (int i = 0; i < n; i++) {
-            uint64_t slot = ev[i].data.u64;
-            if (slot == UINT64_MAX) {
-                uint64_t v;
-                while (read(l->ctl, &v, sizeof(v)) == sizeof(v))
-                    ;
-                continue;
-            }
-            pthread_mutex_lock(&l->lock);
-            struct evl_handler h = slot < EVL_MAX_HANDLERS ? l->h[slot] : (struct evl_handler){0};
-            pthread_mutex_unlock(&l->lock);
-            if (h.used) {
-                h.fn(h.ctx, ev[i].events);
-                atomic_fetch_add(&l->dispatched, 1);
-            }
         }
     }
     return NULL;
