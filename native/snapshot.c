@@ -336,6 +336,12 @@ static int encode_memory(struct enc *e, const void *ctx)
 static int require_quiet(struct vmm *vm)
 {
     int st = vm_state_locked(vm);
+    if (st == VMM_STATE_FAILED) {
+        pthread_mutex_lock(&vm->lock);
+        int r = vmm_err(EIO, "the VM failed, so it has no state to read: %s", vm->message);
+        pthread_mutex_unlock(&vm->lock);
+        return r;
+    }
     if (st != VMM_STATE_PAUSED && st != VMM_STATE_CREATED)
         return vmm_err(EBUSY, "pause the VM first: state is read only while vCPUs are parked "
                        "(state %d)", st);
