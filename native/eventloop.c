@@ -99,9 +99,6 @@ int evl_del(struct eventloop *l, int fd)
 /* Parks while a quiesce is asked for; true when the thread should end. */
 static bool park(struct eventloop *l)
 {
-    uint64_t v;
-    while (read(l->ctl, &v, sizeof(v)) == sizeof(v))
-        ;
     pthread_mutex_lock(&l->lock);
     while (l->quiesce_req && !l->stop) {
         if (!l->quiesced) {
@@ -120,12 +117,8 @@ static void dispatch(struct eventloop *l, struct epoll_event *ev, int n)
 {
     for (int i = 0; i < n; i++) {
         uint64_t slot = ev[i].data.u64;
-        if (slot == UINT64_MAX) {   /* ctl: its request is read under the lock */
-            uint64_t v;
-            while (read(l->ctl, &v, sizeof(v)) == sizeof(v))
-                ;
-            continue;
-        }
+        if (slot == UINT64_MAX)
+            continue;   /* ctl: drained before the requests are read */
         pthread_mutex_lock(&l->lock);
         struct evl_handler h = slot < EVL_MAX_HANDLERS ? l->h[slot] : (struct evl_handler){0};
         pthread_mutex_unlock(&l->lock);
@@ -144,6 +137,11 @@ static void *loop_thread(void *arg)
         int n = epoll_wait(l->epfd, ev, EVL_BATCH, -1);
         if (n < 0 && errno != EINTR)
             break;
+        /* drain the wake-ups, then read the requests: a wake-up after the drain stays pending
+         * and brings us back, so no request is lost between the two */
+        uint64_t v;
+        while (read(l->ctl, &v, sizeof(v)) == sizeof(v))
+            ;
         pthread_mutex_lock(&l->lock);
         bool quiesce = l->quiesce_req, stop = l->stop;
         pthread_mutex_unlock(&l->lock);
