@@ -63,12 +63,14 @@ int open_regular(int dirfd, const char *name, int flags, const char *what)
                        "through a symlink or out of their directory)" : "");
     }
     struct stat st;
-    if (fstat(pfd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(pfd, &st) < 0) {
         int e = errno;
         close(pfd);
-        return e ? vmm_err(e, "%s: stat %s: %s", what, name, strerror(e))
-                 : vmm_err(EINVAL, "%s: %s is %s, not a regular file", what, name,
-                           kind(st.st_mode));
+        return vmm_err(e, "%s: stat %s: %s", what, name, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(pfd);
+        return vmm_err(EINVAL, "%s: %s is %s, not a regular file", what, name, kind(st.st_mode));
     }
     char proc[64];
     snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd);
