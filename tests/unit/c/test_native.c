@@ -250,6 +250,39 @@ static void test_gm_bounds_are_overflow_safe(void)
     mem_free(&m);
 }
 
+struct writer { struct guest_mem *m; int first; };
+
+static void *write_every_fourth(void *arg)
+{
+    struct writer *w = arg;
+    uint8_t b = 1;
+    for (int round = 0; round < 200; round++)
+        for (int p = w->first; p < 1024; p += 4)
+            gm_write(w->m, (uint64_t)p * 4096, &b, 1);
+    return NULL;
+}
+
+/* Four device threads writing pages that share dirty-bitmap words lose no bit. */
+static void test_concurrent_writes_keep_every_dirty_bit(void)
+{
+    struct guest_mem m;
+    uint64_t gpa = 0, size = 1024 * 4096;
+    CHECK(mem_alloc(&m, &gpa, &size, 1, VMM_MEM_ANON) == 0);
+    pthread_t t[4];
+    struct writer w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (struct writer){&m, i};
+        pthread_create(&t[i], NULL, write_every_fourth, &w[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    int set = 0;
+    for (int p = 0; p < 1024; p++)
+        set += abit_test(m.dirty, p);
+    CHECK(set == 1024);
+    mem_free(&m);
+}
+
 static void test_crc32c_known_value(void)
 {
     CHECK(crc32c(0, "123456789", 9) == 0xE3069283u);   /* the standard check value */
@@ -267,6 +300,7 @@ int main(void)
     test_codec_hostile_input();
     test_device_exit_request_ends_the_run();
     test_gm_bounds_are_overflow_safe();
+    test_concurrent_writes_keep_every_dirty_bit();
     test_crc32c_known_value();
     printf("native: %d passed, %d failed\n", passed, failed);
     return failed != 0;
