@@ -417,6 +417,17 @@ static int pause_locked(struct vmm *vm)
     if (!r && atomic_load(&vm->stop_req))
         r = vmm_err(ESHUTDOWN, "VM stopped while pausing: %s", vm->message);
     pthread_mutex_unlock(&vm->lock);
+    if (r == -ETIMEDOUT && vm->uffd) {
+        /* A vCPU that cannot park is waiting on a page the server does not deliver; kicked, it
+         * spins in KVM on this kind of host until the page comes. Such a VM is broken: end it
+         * loudly rather than leave it burning a CPU (docs/kvm-notes.md). */
+        const char *why = "a vCPU waited on a page the userfaultfd handler did not serve for "
+                          "the whole pause timeout";
+        uffd_revoke(vm, why);
+        vm_end(vm, VMM_STOP_ERROR, 0, why);
+        r = vmm_err(ETIMEDOUT, "vCPUs did not park within %d ms: %s; the VM is failed",
+                    PAUSE_TIMEOUT_MS, why);
+    }
     if (!r && (r = evl_quiesce(vm->loop, QUIESCE_TIMEOUT_MS)) == 0) {
         devmgr_quiesce(&vm->dm);
         vm->loop_quiesced = true;

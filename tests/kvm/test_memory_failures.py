@@ -1,5 +1,6 @@
 """Guest memory that cannot be read truthfully fails the read, the snapshot or the VM, loudly:
 a dead or stuck page server, a truncated layer, a memory file cut short under an mmap VM."""
+import errno
 import os
 import subprocess
 import sys
@@ -103,6 +104,25 @@ def test_stalled_page_server_costs_no_cpu(microvm_factory, big_snapshot):
     vm.inject(lib.VMM_INJECT_UFFD_HANDLER_UNSTALL)
     assert used < 0.3, f"a vCPU waiting on a page burned {used:.0%} of a CPU"
     vm.wait_result_above(vm.result() + 1000)       # and it goes on once the server does
+
+
+def test_pause_of_a_vm_stuck_on_its_page_server_fails_it_in_bounded_time(microvm_factory,
+                                                                        big_snapshot):
+    """Kicked while waiting on a page, a vCPU spins in KVM on this kind of host: the pause gives
+    up after its timeout, fails the VM and ends the spin, instead of hanging or burning on."""
+    vm = microvm_factory.restore(big_snapshot, Backend.UFFD)
+    vm.start()
+    vm.inject(lib.VMM_INJECT_UFFD_HANDLER_STALL)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    with pytest.raises(VmmError, match="did not serve") as e:
+        vm.pause()
+    assert e.value.errno == errno.ETIMEDOUT and time.monotonic() - t0 < 8
+    info = vm.wait(5)
+    assert info.state == State.FAILED and "did not serve" in info.message
+    c0, w0 = time.process_time(), time.monotonic()
+    time.sleep(0.5)
+    assert (time.process_time() - c0) / (time.monotonic() - w0) < 0.3
 
 
 def test_mmap_memory_file_is_immutable_while_mapped(microvm_factory, big_snapshot):
