@@ -5,7 +5,6 @@ pages from the layer file, UFFDIO_COPY, fault-around). end-to-end rate: pages / 
 guest that does nothing but touch new pages, adding the vCPU exit and wake-up on this host.
 Target: handler rate at least 70% of the raw loop.
 """
-import pytest
 
 from conftest import devices, report
 from vmmd.native import ffi, lib

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("VMMD_NATIVE", "test")   # the test build: debug devices, fault injection
 
 from guests import (LOAD_GPA, PARAMS, RESULTS, STACK_SIZE, STACK_TOP, build,  # noqa: E402
-                    devices as guest_devices, machine_arch)
+                    devices as guest_devices, machine_arch, params)
 
 REQUIRE_KVM = os.environ.get("VMMD_REQUIRE_KVM") == "1"
 
@@ -70,10 +70,6 @@ def release_snapshots(root) -> None:
 @pytest.fixture
 def _kvm_required():
     pytest.fail(f"VMMD_REQUIRE_KVM=1 but {kvm_problem()}")
-
-
-def params(go=0, iterations=0, pages=0, stride=1, write=0, tick_mask=0) -> bytes:
-    return struct.pack("<6Q", go, iterations, pages, stride, write, tick_mask)
 
 
 class GuestVM:

@@ -7,7 +7,6 @@ come back from there, the console (boot log, timings) from QEMU's serial.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import re
 import shlex

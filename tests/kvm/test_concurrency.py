@@ -8,12 +8,10 @@ import time
 
 import pytest
 
-from guests import DATA, LOAD_GPA, PARAMS, STACK_TOP, build, devices
-from helpers import decode, encode
-from conftest import params
-from vmmd.native import VM, Backend, State, VmmError, ffi
+from guests import DATA, LOAD_GPA, PARAMS, STACK_TOP, build, devices, params
+from helpers import decode, encode, page_hashes, run_then_snapshot
+from vmmd.native import VM, Backend, State, VmmError
 
-from test_snapshot import page_hashes, run_then_snapshot
 
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(180)]
 PAGE = 4096

@@ -6,10 +6,9 @@ import time
 import pytest
 
 from guests import DATA
-from helpers import decode
+from helpers import decode, page_hashes, run_more, run_then_snapshot
 from vmmd.native import Backend, VmmError, lib
 
-from test_snapshot import page_hashes, run_more, run_then_snapshot
 
 pytestmark = pytest.mark.kvm
 PAGE = 4096

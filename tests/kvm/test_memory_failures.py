@@ -11,18 +11,11 @@ import time
 import pytest
 
 from guests import DATA
+from helpers import FILLED, fill
 from vmmd.native import Backend, State, VmmError, lib, snapshot_release
 
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
 PAGE = 4096
-FILLED = 8192                       # 32 MiB of distinct data pages
-
-
-def fill(vm, pages=FILLED):
-    chunk = 1024
-    for first in range(0, pages, chunk):
-        vm.mem_write(DATA + first * PAGE, b"".join(
-            (i + 1).to_bytes(8, "little") * (PAGE // 8) for i in range(first, first + chunk)))
 
 
 @pytest.fixture
@@ -146,7 +139,6 @@ TRUNCATED_MMAP = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
     os.environ["VMMD_NATIVE"] = "test"
-    from conftest import GuestVM
     from guests import DATA, devices
     from vmmd.native import VM, Backend, VmmError, snapshot_release
     snap = {snap!r}

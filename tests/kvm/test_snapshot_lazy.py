@@ -1,15 +1,12 @@
 """A snapshot of a lazily restored VM stays lazy: pages the VM never touched are copied from the
 layer files, not faulted in; and a deep chain of diffs maps a bounded number of regions."""
-import os
 
 import pytest
 
 from guests import DATA
-from helpers import decode, rewrite
-from vmmd.native import Backend, VM, VmmError
+from helpers import FILLED, decode, fill, page_hashes, rewrite
+from vmmd.native import Backend, VmmError
 
-from test_memory_failures import FILLED, fill
-from test_snapshot import page_hashes
 
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
 PAGE = 4096

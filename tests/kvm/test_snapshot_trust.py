@@ -11,10 +11,9 @@ import textwrap
 import pytest
 
 from guests import devices
-from helpers import decode, rewrite
+from helpers import decode, page_hashes, rewrite, run_more, run_then_snapshot
 from vmmd.native import Backend, Device, DeviceType, VM, VmmError, snapshot_info
 
-from test_snapshot import page_hashes, run_more, run_then_snapshot
 
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(60)]
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -286,7 +285,7 @@ FUZZ = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     os.environ["VMMD_NATIVE"] = "test"
     from guests import devices
-    from helpers import decode, encode
+    from helpers import decode, encode, page_hashes, run_then_snapshot
     from vmmd.native import VM, Backend, VmmError, snapshot_release
     src, work, seed, rounds = {src!r}, {work!r}, {seed}, {rounds}
     rng = random.Random(seed)
