@@ -46,6 +46,12 @@ if [ -z "$so" ] || [ -n "$(find "$repo/native" -newer "$so" -type f | head -n1)"
     log "building the native core"
     (cd "$repo" && "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
 fi
+# the gRPC API's Python code (vmmd/v1/), generated from protos/ whenever a .proto is newer
+gen=$repo/vmmd/v1/__init__.py
+if [ ! -f "$gen" ] || [ -n "$(find "$repo/protos" -name '*.proto' -newer "$gen" | head -n1)" ]; then
+    log "generating the gRPC API code"
+    "$venv/bin/python" "$repo/protos/build.py" "$repo"
+fi
 # the editable install must point at this checkout (CI clones to a fresh path)
 if ! (cd / && "$venv/bin/python" -c 'import vmmd, sys; sys.exit(0 if vmmd.__file__.startswith(sys.argv[1]) else 1)' "$repo/vmmd") 2>/dev/null; then
     log "pointing the virtualenv at $repo"
