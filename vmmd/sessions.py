@@ -535,6 +535,11 @@ class Manager:
                     await self._spawn(s)
                 except Exception as e:
                     reason = f"launch failed: {e}"
+                    tail = self._worker_log_tail(s)
+                    if tail:
+                        log.error("worker of %s failed to start", vm_id,
+                                  extra={"worker_log": tail})
+                        reason += f" (worker log: {tail.strip().splitlines()[-1][:300]})"
                     await self.terminate(vm_id, reason)
                     if isinstance(e, (Aborted,)):
                         raise
@@ -545,6 +550,15 @@ class Manager:
         finally:
             s.launched.set()
         return s
+
+    def _worker_log_tail(self, s: Session, size: int = 4096) -> str:
+        try:
+            with open(os.path.join(self.store.vm_dir(s.id), "worker.log"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - size))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     async def pause(self, vm_id: str) -> Session:
         s = self.get(vm_id)

@@ -104,7 +104,7 @@ class WorkerLink:
 async def connect_worker(path: str, on_event: Callable[[dict], None],
                          timeout: float = 2.0) -> tuple[WorkerLink, dict]:
     """Re-attaches to a running worker through its socket; returns the link and its hello."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    reader, writer = await asyncio.wait_for(wire.open_unix(path), timeout)
     hello = await asyncio.wait_for(wire.aread(reader), timeout)
     if hello.get("event") != "hello":
         writer.close()

@@ -8,6 +8,7 @@ daemon.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 
@@ -19,6 +20,25 @@ _LEN = struct.Struct(">I")
 
 class WireError(ConnectionError):
     """The peer closed the connection or sent something that is not a frame."""
+
+
+def unix_path(path: str) -> tuple[str, int | None]:
+    """A path for bind/connect under the 108-byte sun_path limit: long paths go through
+    /proc/self/fd/<dir fd>/<name>. Close the returned fd (if any) after the call."""
+    if len(path.encode()) < 100:
+        return path, None
+    fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{os.path.basename(path)}", fd
+
+
+async def open_unix(path: str):
+    """asyncio.open_unix_connection that works for long paths."""
+    short, fd = unix_path(path)
+    try:
+        return await asyncio.open_unix_connection(short)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def pack(msg: dict) -> bytes:

@@ -109,8 +109,10 @@ class Worker:
             self.conn = None
 
     def listen(self) -> None:
-        path = os.path.join(self.dir, "worker.sock")
-        tmp = path + f".{os.getpid()}"
+        # relative names: the worker runs in its VM directory, and absolute paths may exceed
+        # the 108 bytes of sun_path
+        os.chdir(self.dir)
+        tmp = f"worker.sock.{os.getpid()}"
         try:
             os.unlink(tmp)
         except FileNotFoundError:
@@ -119,7 +121,7 @@ class Worker:
         s.bind(tmp)
         os.chmod(tmp, 0o600)
         s.listen(4)
-        os.rename(tmp, path)                 # a daemon never sees a socket nobody listens on
+        os.rename(tmp, "worker.sock")        # a daemon never sees a socket nobody listens on
         self.listener = s
 
     def accept(self) -> None:
