@@ -41,7 +41,9 @@ def microvm(s, has_agent: bool) -> microvms_pb2.MicroVM:
         max_runtime=dur(p["max_runtime_s"]), labels=s.spec.get("labels", {}),
         created_at=ts(s.created), state_since=ts(s.state_since),
         last_activity=ts(s.last_activity), running_time=dur(s.running_time()),
-        reason=s.reason, worker_pid=s.worker_pid, suspends=s.suspends,
+        reason=s.reason, suspends=s.suspends,
+        # a SUSPENDED MicroVM's worker is on its way out: its state is on disk already
+        worker_pid=s.worker_pid if s.state not in ("SUSPENDED", "TERMINATED") else 0,
         snapshot_depth=len(s.chain), has_agent=has_agent)
     if s.state == "SUSPENDED":
         m.expires_at.CopyFrom(ts(s.state_since + p["retention_s"]))
