@@ -857,7 +857,10 @@ class Manager:
                 self._set_state(s, RUNNING if wstate == "running" else PAUSED,
                                 "re-attached after a daemon restart mid-suspend")
                 self._clean_layers(s, layers)
-                self._spawn_task(self.suspend(s.id, "suspend resumed after a daemon restart"))
+                try:       # finished before the daemon serves: nobody sees it half done
+                    await self.suspend(s.id, "suspend finished after a daemon restart")
+                except Exception as e:  # it stays RUNNING/PAUSED; the reason says why
+                    log.warning("could not finish the suspend of %s: %s", s.id, e)
                 return
             elif s.state == RUNNING and wstate == "paused":
                 self._set_state(s, PAUSED, "re-attached: the worker reports its VM paused")
