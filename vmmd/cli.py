@@ -24,6 +24,9 @@ def serve(
     log_level: str = typer.Option(None, "--log-level"),
 ):
     """Run the daemon (foreground; systemd Type=notify)."""
+    import os
+    # gRPC's C core writes plain-text INFO lines to stderr; the daemon's log is JSON lines
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from .daemon import run
     from .errors import VmmdError
     try:

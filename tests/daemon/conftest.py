@@ -68,12 +68,13 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self.channel = None
 
-    def start(self, timeout: float = 15.0) -> "Daemon":
+    def start(self, timeout: float = 15.0, env: dict | None = None) -> "Daemon":
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vmmd.cli", "serve", "--state-dir", self.state_dir,
-             "--config", self.config], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+             "--config", self.config], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, **(env or {})))
         log.close()
         deadline = time.monotonic() + timeout
         while True:
@@ -180,12 +181,12 @@ class Daemon:
 def daemon_factory(tmp_path):
     made = []
 
-    def make(**settings) -> Daemon:
+    def make(env: dict | None = None, **settings) -> Daemon:
         base = dict(min_idle_s=1.0, drain_grace_s=2.0, log_level="info")
         base.update(settings)
         d = Daemon(tmp_path / f"state{len(made)}", tmp_path / f"vmmd{len(made)}.log", base)
         made.append(d)
-        return d.start()
+        return d.start(env=env)
 
     yield make
     for d in made:
