@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 
 ACT_KILL_PROCESS = 0x80000000
@@ -61,7 +62,9 @@ class SeccompError(OSError):
     pass
 
 
+@functools.lru_cache(maxsize=1)
 def _lib():
+    """Loaded once (the zygote does it at start): find_library runs ldconfig, ~10 ms."""
     name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
     try:
         lib = ctypes.CDLL(name, use_errno=True)

@@ -425,7 +425,9 @@ class Manager:
         s.started = loop.create_future()
         s.exited = loop.create_future()
         s.expect_exit = False
+        t0 = time.monotonic()
         pid, sock = await self.zygote.spawn(conf)
+        t1 = time.monotonic()
         s.worker_pid = pid
         self.by_pid[pid] = s
         self._persist(s)                 # recovery must know the pid before anything else
@@ -435,7 +437,8 @@ class Manager:
             ev = await asyncio.wait_for(asyncio.shield(s.started), SPAWN_TIMEOUT)
         except asyncio.TimeoutError:
             raise Internal(f"worker of {s.id} did not start within {SPAWN_TIMEOUT:g} s") from None
-        s.timings = ev.get("timings", {})
+        s.timings = dict(ev.get("timings", {}), fork_s=t1 - t0, ready_s=time.monotonic() - t1)
+        log.info("worker started", extra={"vm": s.id, "timings": s.timings})
 
     def _on_worker_event(self, s: Session, ev: dict) -> None:
         kind = ev.get("event")

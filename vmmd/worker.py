@@ -156,7 +156,8 @@ class Worker:
         t2 = time.monotonic()
         self.vm.start()
         t3 = time.monotonic()
-        self.timings = {"restore_s": t1 - t0, "seccomp_s": t2 - t1, "start_s": t3 - t2,
+        self.timings = {"isolate_s": self.conf.get("isolate_s", 0.0), "restore_s": t1 - t0,
+                        "seccomp_s": t2 - t1, "start_s": t3 - t2,
                         "spawned_at": self.conf.get("spawned_at", 0.0)}
         threading.Thread(target=self._wait_vm, name="vm-wait", daemon=True).start()
         threading.Thread(target=self._drain_serial, name="serial", daemon=True).start()
@@ -305,7 +306,9 @@ def main(conf: dict, fd: int | None) -> int:
     """Runs one worker to its end; returns the process exit code."""
     keep = {fd} if fd is not None else set()
     try:
+        t0 = time.monotonic()
         _isolate(conf, keep)
+        conf["isolate_s"] = time.monotonic() - t0
         if conf.get("mode") == "inspect":
             conn = socket.socket(fileno=fd)
             try:

@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 
-from . import wire
+from . import seccomp, wire
 from . import worker  # noqa: F401  -- imports vmmd.native: paid once, here, not per launch
 
 PR_SET_PDEATHSIG = 1
@@ -56,6 +56,10 @@ def run(fd: int, daemon_pid: int) -> int:
     if os.getppid() != daemon_pid:           # the daemon died before the line above
         return 1
     ctl = socket.socket(fileno=fd)
+    try:
+        seccomp._lib()                       # paid here once, not in every worker
+    except OSError:
+        pass                                 # a worker with seccomp on will report it
     rpipe, wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wpipe)
     signal.signal(signal.SIGCHLD, lambda *_: None)
