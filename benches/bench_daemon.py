@@ -166,6 +166,8 @@ def main(argv=None) -> int:
     finally:
         if d is not None:
             d.cleanup()
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     if args.plot:

@@ -166,6 +166,11 @@ class Daemon:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        for leftover in (self.sock, self.config):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
         from vmmd.cgroups import Cgroups
         try:
             cg = Cgroups.detect(self.state_dir)
