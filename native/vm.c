@@ -133,12 +133,13 @@ int vm_state_locked(struct vmm *vm)
     return st;
 }
 
+/* FAILED from the moment this returns: nobody may resume what is half-changed while the
+ * parked vCPU threads are still on their way out. */
 void vm_fail(struct vmm *vm, const char *msg)
 {
     vm_end(vm, VMM_STOP_ERROR, 0, msg);
     pthread_mutex_lock(&vm->lock);
-    if (vm->live_threads == 0)
-        vm->state = VMM_STATE_FAILED;
+    vm->state = VMM_STATE_FAILED;
     pthread_mutex_unlock(&vm->lock);
 }
 
@@ -424,7 +425,7 @@ static int pause_locked(struct vmm *vm)
         const char *why = "a vCPU waited on a page the userfaultfd handler did not serve for "
                           "the whole pause timeout";
         uffd_revoke(vm, why);
-        vm_end(vm, VMM_STOP_ERROR, 0, why);
+        vm_fail(vm, why);
         r = vmm_err(ETIMEDOUT, "vCPUs did not park within %d ms: %s; the VM is failed",
                     PAUSE_TIMEOUT_MS, why);
     }
