@@ -18,7 +18,6 @@ import hashlib
 import logging
 import os
 import secrets
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from .cgroups import Cgroups
 from .errors import (Aborted, FailedPrecondition, Internal, InvalidArgument, NotFound,
                      Unavailable)
 from .limits import Admission, Capacity, Config, Spec, check_labels
-from .store import Store, copy_sparse, fsync_dir, write_atomic
+from .store import Store, copy_sparse, fsync_dir, remove_tree, write_atomic
 from .supervisor import (WorkerError, WorkerLink, Zygote, connect_worker, describe_status,
                          watch_pid)
 
@@ -219,7 +218,6 @@ class Manager:
 
     async def _inspect(self, snapshot_dir: str) -> dict:
         """Asks a fresh worker (not this process: the snapshot is untrusted) what it holds."""
-        import socket as _socket
         from . import wire
         pid, sock = await self.zygote.spawn({"mode": "inspect", "vm_id": "inspect",
                                              "vm_dir": "", "snapshot": snapshot_dir})
@@ -241,10 +239,10 @@ class Manager:
         fsync_dir(os.path.join(tmp, "snapshot"))
         fsync_dir(tmp)
         if image_id in self.images:
-            shutil.rmtree(tmp, ignore_errors=True)      # same content: the same image
+            remove_tree(tmp)      # same content: the same image
             return self.images[image_id]
         if os.path.exists(final):                       # left by a crash before its row
-            shutil.rmtree(final)
+            remove_tree(final)
         os.rename(tmp, final)
         fsync_dir(os.path.dirname(final))
         self.store.put_image(image_id, name, digest, meta)   # the image is visible from here
@@ -297,7 +295,7 @@ class Manager:
             return await self._commit_image(tmp, name or os.path.basename(snap.rstrip("/")),
                                             meta, hasher)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
             raise
 
     async def register_image_from_vm(self, name: str, vm_id: str, agent: dict | None,
@@ -339,7 +337,7 @@ class Manager:
                 hasher.update(repr(sorted(meta["devices"].items())).encode())
                 return await self._commit_image(tmp, name or f"from-{vm_id}", meta, hasher)
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_tree(tmp)
                 raise
 
     async def delete_image(self, image_id: str, force: bool) -> int:
@@ -354,7 +352,7 @@ class Manager:
             await self.terminate(s.id, f"image {image_id} deleted with force")
         self.store.delete_image(image_id)          # invisible first, then the files go
         self.images.pop(image_id, None)
-        shutil.rmtree(self.store.image_dir(image_id), ignore_errors=True)
+        remove_tree(self.store.image_dir(image_id))
         return len(users)
 
     # ------------------------------------------------------------------ lookups
@@ -596,14 +594,14 @@ class Manager:
         try:
             if prev == RUNNING:
                 await self._call(s, "pause")
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
             os.makedirs(tmp)
             r = await self._call(s, "snapshot", dir=tmp, diff=diff, timeout=600)
             write_atomic(os.path.join(tmp, "kind"), b"diff" if diff else b"full")
             os.rename(tmp, os.path.join(layers, str(n)))
             fsync_dir(layers)
         except Exception as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
             if isinstance(e, Aborted) or s.state == TERMINATED:
                 raise Aborted(f"MicroVM {s.id} was terminated while suspending ({s.reason})") from None
             with contextlib.suppress(Exception):
@@ -620,7 +618,7 @@ class Manager:
         await self._stop_worker(s)
         if not diff:
             for x in old:
-                shutil.rmtree(os.path.join(layers, x), ignore_errors=True)
+                remove_tree(os.path.join(layers, x))
         return s
 
     async def resume(self, vm_id: str, reason: str = "resumed by request") -> Session:
@@ -674,7 +672,7 @@ class Manager:
     async def _remove_files(self, s: Session) -> None:
         d = self.store.vm_dir(s.id)
         await asyncio.get_running_loop().run_in_executor(
-            None, lambda: shutil.rmtree(d, ignore_errors=True))
+            None, lambda: remove_tree(d))
 
     async def touch(self, vm_id: str, *, data_plane: bool) -> Session:
         """API traffic to a MicroVM: resets its idle timer, resumes it first when SUSPENDED and
@@ -798,7 +796,7 @@ class Manager:
                         os.kill(pid, signal.SIGKILL)
                 if self.cgroups is not None:
                     self.cgroups.remove(s.id, kill=True)
-                shutil.rmtree(self.store.vm_dir(s.id), ignore_errors=True)
+                remove_tree(self.store.vm_dir(s.id))
                 continue
             hello = None
             if pids:
@@ -821,7 +819,7 @@ class Manager:
         vms_dir = os.path.join(self.store.dir, "vms")
         for e in os.scandir(vms_dir):
             if e.name not in known:
-                shutil.rmtree(e.path, ignore_errors=True)
+                remove_tree(e.path)
         if self.cgroups is not None:
             for name in self.cgroups.names() - {s.id for s in self.sessions.values()
                                                  if s.worker_pid}:
@@ -830,7 +828,7 @@ class Manager:
         img_dir = os.path.join(self.store.dir, "images")
         for e in os.scandir(img_dir):
             if e.name not in self.images:
-                shutil.rmtree(e.path, ignore_errors=True)    # half-registered
+                remove_tree(e.path)    # half-registered
         self.store.prune_terminated()
 
     async def _reconcile(self, s: Session, hello: dict | None) -> None:
@@ -915,7 +913,7 @@ class Manager:
             return
         for x in os.listdir(layers):
             if x not in s.chain:
-                shutil.rmtree(os.path.join(layers, x), ignore_errors=True)
+                remove_tree(os.path.join(layers, x))
 
     # ------------------------------------------------------------------ host
 

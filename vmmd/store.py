@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
 from typing import Any, Iterator
@@ -61,6 +62,22 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         os.close(fd)
     os.rename(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
+
+
+def remove_tree(path: str) -> None:
+    """Deletes a directory that may hold snapshots. Their memory files are immutable while a VM
+    may map them (docs/native-core.md), so each is released first; the caller deletes only what
+    no VM uses any more. Nothing there is fine."""
+    if not os.path.isdir(path):
+        return
+    from .native import VmmError, snapshot_release
+    for dirpath, _, files in os.walk(path):
+        if "memory" in files:
+            try:
+                snapshot_release(dirpath)
+            except (VmmError, OSError):
+                pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def copy_sparse(src: str, dst: str, hasher=None, chunk: int = 1 << 20) -> int:

@@ -15,15 +15,15 @@ Messages are length-prefixed msgpack maps (vmmd/wire.py):
                     {"event": "running" | "stopped" | "hello" | "serial", ...}
 Events raised while no daemon is connected are kept (bounded) and sent on the next connection.
 
-When the native API changes (device configuration on create and restore, `root=` for snapshot
-paths, one owner per handle), this is the one file to adapt: see `_restore`.
+Devices come from the image's configuration, never from its snapshot: an image made from the
+test guests ("debug" devices) gets the debug port and the MMIO test device, which exist only in
+the test build of the native core (VMMD_NATIVE=test); the production core refuses them.
 """
 from __future__ import annotations
 
 import collections
 import ctypes
 import errno
-import inspect
 import os
 import resource
 import select
@@ -57,16 +57,20 @@ def inspect_snapshot(directory: str) -> dict:
             "pages": info.pages, "depth": info.depth}
 
 
+def devices_of(config: dict | None) -> tuple:
+    """The native device list an image's device configuration stands for."""
+    if (config or {}).get("debug"):
+        return (native.Device(native.DeviceType.DEBUG), native.Device(native.DeviceType.TESTDEV))
+    return ()
+
+
 def _restore(conf: dict) -> native.VM:
     """Restores the VM at the top of the chain, with the image's devices passed explicitly."""
     backend = {"mmap": native.Backend.MMAP, "uffd": native.Backend.UFFD}[conf["backend"]]
-    kw = {"track_dirty": True}
+    kw = {"track_dirty": True, "devices": devices_of(conf.get("devices"))}
     if conf.get("working_set") and backend == native.Backend.UFFD:
         kw["working_set"] = conf["working_set"]
-    params = inspect.signature(native.VM.restore).parameters
-    if "devices" in params:                 # the reworked core takes the device configuration
-        kw["devices"] = conf.get("devices") or {}
-    if "root" in params and conf.get("root"):
+    if conf.get("root"):
         kw["root"] = conf["root"]
     return native.VM.restore(conf["snapshot"], backend, **kw)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -12,21 +11,16 @@ import time
 import grpc
 import pytest
 
-from guests import LOAD_GPA, PARAMS, STACK_SIZE, STACK_TOP, build
+from guests import LOAD_GPA, PARAMS, STACK_SIZE, STACK_TOP, build, devices, params
 
 MIB = 1 << 20
-
-
-def params(go=0, iterations=0, pages=0, stride=1, write=0, tick_mask=0) -> bytes:
-    """The test guests' parameter block (tests/guests/guest.h struct params)."""
-    return struct.pack("<6Q", go, iterations, pages, stride, write, tick_mask)
 
 
 def make_snapshot(directory, guest: str = "counter", *, vcpus: int = 1, mem_mib: int = 128,
                   **guest_params) -> str:
     """A full snapshot of a test guest that has run for a moment (what an image holds)."""
     from vmmd.native import VM
-    with VM.create(vcpus, mem_mib * MIB, track_dirty=True, debug_devices=True) as vm:
+    with VM.create(vcpus, mem_mib * MIB, track_dirty=True, devices=devices()) as vm:
         vm.mem_write(PARAMS, params(**guest_params))
         vm.load_flat(build(guest), LOAD_GPA, stack_top=STACK_TOP, stack_size=STACK_SIZE)
         vm.start()

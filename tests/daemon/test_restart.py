@@ -90,6 +90,7 @@ def accounted(daemon):
         elif v.state == S.MICROVM_STATE_SUSPENDED:
             assert v.id not in workers and v.id not in groups
             layer = os.path.join(daemon.state_dir, "vms", v.id, "layers", str(v.suspends))
+            assert os.path.isfile(os.path.join(layer, "vmstate")), layer
             assert v.snapshot_depth >= 1
             live_ids.add(v.id)
         else:

@@ -7,12 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
 
-from vmmd.v1 import microvms_pb2 as mpb
 from vmmd.v1 import types_pb2 as tpb
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -9,7 +9,7 @@ from ..errors import (FailedPrecondition, InvalidArgument, NotFound, Unavailable
                       Unimplemented)
 from ..limits import MAX_NAME, check_labels, validate_launch
 from ..sessions import STATES, Manager
-from ..v1 import host_pb2, images_pb2, microvms_pb2
+from ..v1 import images_pb2, microvms_pb2
 from . import agent_bridge
 from . import convert as cv
 
