@@ -37,10 +37,11 @@ AF_UNIX = 1
 
 # What a VMM worker does: Python's own runtime, KVM ioctls, guest memory (mmap/madvise/
 # userfaultfd), snapshot files (open/write/fsync/rename), threads, eventfd/epoll/poll, the
-# daemon link (AF_UNIX accept/recv/send), time and signals for vCPU kicks.
+# daemon link (AF_UNIX accept/recv/send), time and signals for vCPU kicks. Snapshot files are
+# opened with openat2 (no symlinks) and published with O_TMPFILE + linkat (docs/native-core.md).
 ALLOW = """
 read write readv writev pread64 pwrite64 preadv pwritev preadv2 pwritev2 lseek close close_range
-openat open fstat newfstatat statx stat lstat fstatfs statfs getdents64 readlink readlinkat
+openat openat2 linkat open fstat newfstatat statx stat lstat fstatfs statfs getdents64 readlink readlinkat
 access faccessat faccessat2 getcwd fcntl dup dup2 dup3 pipe pipe2 ioctl
 mkdir mkdirat rename renameat renameat2 unlink unlinkat rmdir fsync fdatasync ftruncate fallocate
 sync_file_range copy_file_range sendfile fadvise64 flock fchmod fchmodat umask
@@ -123,6 +124,8 @@ def install(mode: str = "enforce", extra_allow: tuple[str, ...] = ()) -> int:
         rule(ACT_ALLOW, "clone", _ArgCmp(0, CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD))
         rule(ACT_ERRNO(errno.ENOSYS), "clone3")
         rule(ACT_ALLOW, "socket", _ArgCmp(0, CMP_EQ, AF_UNIX, 0))
+        # the core reads guest memory through the kernel (EFAULT, not SIGBUS): its own only
+        rule(ACT_ALLOW, "process_vm_readv", _ArgCmp(0, CMP_EQ, os.getpid(), 0))
         _check(lib.seccomp_load(ctx), "load")
         return n
     finally:
