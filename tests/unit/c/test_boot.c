@@ -703,6 +703,57 @@ static void test_image_loader_refuses_bad_headers(void)
     free(ram);
 }
 
+/* ---- random corruption: the loaders' bounds hold under ASan for any header bytes ---- */
+
+static uint64_t xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void test_loaders_survive_random_corruption(void)
+{
+    struct elf_img e;
+    struct x86_kernel k;
+    struct arm64_boot b;
+    uint8_t img[4096];
+    uint8_t *ram = calloc(1, 32 << 20);
+    struct boot_mem m = {ram, 0, 32 << 20}, arm = {ram, 0x80000000ULL, 32 << 20};
+    uint64_t seed = 0x9e3779b97f4a7c15ULL;
+    int bad = 0, loaded = 0;
+    for (int it = 0; it < 20000; it++) {
+        make_elf(&e, 1);
+        int flips = 1 + (int)(xorshift(&seed) % 8);
+        for (int f = 0; f < flips; f++) {
+            /* headers, program headers and the note segment are where the offsets live */
+            size_t at = (size_t)(xorshift(&seed) % 0x440);
+            e.b[at < 0x100 ? at : 0x400 + (at - 0x100) % 0x40] = (uint8_t)xorshift(&seed);
+        }
+        int r = x86_load_elf(e.b, e.len, &m, &k);
+        if (r == 0) {
+            loaded++;
+            bad += !(k.lo >= X86_HIMEM_GPA && k.hi <= m.size && k.lo < k.hi);
+        } else {
+            bad += r != -ENOEXEC;
+        }
+        make_image(img, sizeof(img), 0, 0x10000, 0xa);
+        for (int f = 0; f < flips; f++)
+            img[xorshift(&seed) % 64] = (uint8_t)xorshift(&seed);
+        r = arm64_load_image(img, sizeof(img), &arm, xorshift(&seed) % (64 << 20), &b);
+        if (r == 0) {
+            uint64_t next = b.initrd_gpa ? b.initrd_gpa : b.dtb_gpa;   /* what follows the kernel */
+            bad += !(b.kernel_gpa >= arm.gpa && b.kernel_end <= next &&
+                     b.dtb_gpa + ARM64_DTB_MAX <= arm.gpa + arm.size);
+        } else
+            bad += r != -ENOEXEC && r != -ENOSPC;
+    }
+    CHECK(bad == 0);
+    CHECK(loaded > 0);             /* some corruptions are harmless: the loader still works */
+    free(ram);
+}
+
 /* ---- entry points ---- */
 
 static int run_all(const char *outdir)
@@ -723,6 +774,7 @@ static int run_all(const char *outdir)
     test_fdt_refuses_bad_descriptions();
     test_image_loader_places_kernel_dtb_and_initrd();
     test_image_loader_refuses_bad_headers();
+    test_loaders_survive_random_corruption();
     return 0;
 }
 
