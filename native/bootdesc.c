@@ -64,8 +64,8 @@ static int check_dev(const struct boot_desc *d, int i, int arch)
                 return vmm_err(EINVAL, "boot device %d: window 0x%llx+0x%llx overlaps RAM", i,
                                (unsigned long long)v->base, (unsigned long long)v->size);
     }
-    /* interrupts: SPIs stop at 988 (INTID 1019); x86 IO-APIC pins at 23, GSIs stay small */
-    if (!(v->flags & BOOT_IRQ_NONE) && v->irq > (arch == BOOT_ARCH_X86_64 ? 255u : 987u))
+    /* interrupts: SPIs stop at 987 (INTID 1019); KVM's one IO-APIC has pins 0..23 */
+    if (!(v->flags & BOOT_IRQ_NONE) && v->irq > (arch == BOOT_ARCH_X86_64 ? 23u : 987u))
         return vmm_err(EINVAL, "boot device %d: interrupt %u out of range", i, v->irq);
     for (int j = 0; j < i; j++) {
         const struct boot_dev *w = &d->devs[j];

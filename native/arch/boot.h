@@ -46,8 +46,8 @@ struct boot_dev {
     uint32_t kind;              /* enum boot_dev_kind */
     uint32_t flags;             /* BOOT_IRQ_* */
     uint64_t base, size;        /* MMIO window (I/O ports for the x86 UART and ACPI_SLEEP) */
-    uint32_t irq;               /* x86: GSI (IO-APIC pin); aarch64: SPI number (GIC INTID - 32),
-                                 * the same number KVM_IRQ_LINE / irqfd routing takes */
+    uint32_t irq;               /* x86: GSI = IO-APIC pin, 0..23; aarch64: SPI number (GIC
+                                 * INTID - 32), 0..987: what KVM's irq routing calls the GSI */
 };
 
 struct boot_gic {               /* aarch64 GICv3, as given to KVM_DEV_ARM_VGIC_GRP_ADDR */

@@ -229,6 +229,9 @@ static void test_acpi_refuses_bad_descriptions(void)
     for (int i = 0; i < 4; i++)                /* COM1..COM5 */
         add_dev(&d, BOOT_DEV_UART_16550, 0x2f8 - 0x10 * i, 8, 3);
     REFUSED(x86_acpi_build(&d, buf, X86_ACPI_SIZE, X86_ACPI_GPA, &rsdp, NULL), EINVAL, "4 UARTs");
+    x86_desc(&d, 2);
+    d.devs[3].irq = 24;                        /* past the IO-APIC's 24 pins */
+    REFUSED(x86_acpi_build(&d, buf, X86_ACPI_SIZE, X86_ACPI_GPA, &rsdp, NULL), EINVAL, "interrupt 24");
     x86_desc(&d, 0);
     REFUSED(x86_acpi_build(&d, buf, X86_ACPI_SIZE, X86_ACPI_GPA, &rsdp, NULL), EINVAL, "vCPUs");
     x86_desc(&d, BOOT_MAX_VCPUS + 1);
@@ -262,8 +265,9 @@ static void test_acpi_fits_the_largest_machine(void)
     uint64_t rsdp;
     size_t used;
     x86_desc(&d, BOOT_MAX_VCPUS);
-    while (d.ndevs < BOOT_MAX_DEVS)
-        add_dev(&d, BOOT_DEV_VIRTIO_MMIO, 0xd0000000ULL + 0x1000ULL * d.ndevs, 0x1000, (uint32_t)d.ndevs + 5);
+    while (d.ndevs < BOOT_MAX_DEVS)            /* GSIs may be shared: 5..23 round robin */
+        add_dev(&d, BOOT_DEV_VIRTIO_MMIO, 0xd0000000ULL + 0x1000ULL * d.ndevs, 0x1000,
+                5 + (uint32_t)d.ndevs % 19);
     CHECK(x86_acpi_build(&d, buf, X86_ACPI_SIZE, X86_ACPI_GPA, &rsdp, &used) == 0);
     CHECK(used < 16384);
     const uint8_t *dsdt = acpi_table(buf, used, X86_ACPI_GPA, "DSDT");
