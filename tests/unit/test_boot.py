@@ -7,8 +7,6 @@ namespace and run the AML), and `dtc`. The ELF and Image loaders are fed Debian'
 and every source must also compile for aarch64.
 """
 import importlib.util
-import lzma
-import os
 import pathlib
 import re
 import shutil
@@ -17,12 +15,13 @@ import subprocess
 
 import pytest
 
+import debian_kernels
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "native"
 SOURCES = ["bootdesc.c", "arch/x86_64/acpi.c", "arch/x86_64/boot.c", "arch/aarch64/fdt.c",
            "arch/aarch64/image.c"]
 CPUS = (1, 2, 16)
-CACHE = pathlib.Path(os.environ.get("VMMD_CACHE", pathlib.Path.home() / ".cache" / "vmmd"))
 
 
 def tool(name: str) -> str:
@@ -286,63 +285,14 @@ def test_fdt_round_trips_through_dtc(dumps, tmp_path):
 
 # ---------------------------------------------------------------------------- real kernels
 
-def hosts_debs() -> tuple[pathlib.Path, str]:
-    pins = dict(line.split("=", 1) for line in (ROOT / "hosts" / "pins.env").read_text().split("\n")
-                if "=" in line and not line.startswith("#"))
-    return CACHE / "hosts" / f"v{pins['HOSTS_VERSION']}" / "debs", pins["KERNEL_ABI"]
-
-
-def kernel_deb(arch: str) -> pathlib.Path:
-    debs, abi = hosts_debs()
-    found = sorted(debs.glob(f"linux-image-{abi}-{arch}_*_{arch}.deb"))
-    if not found:
-        if os.environ.get("VMMD_SKIP_HOSTS") == "1":
-            pytest.skip("VMMD_SKIP_HOSTS=1: the pinned Debian kernels were not downloaded")
-        pytest.fail(f"no Debian {arch} kernel package in {debs} (scripts/setup.sh provisions it)")
-    return found[-1]
-
-
-def extract(deb: pathlib.Path, member: str) -> bytes:
-    r = subprocess.run(f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO '{member}'", shell=True,
-                       capture_output=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
-def cached(name: str, make) -> pathlib.Path:
-    """Once per cache: the unpacked kernels take seconds to make and 60 MiB to keep."""
-    path = CACHE / "boot-test" / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(make())
-        tmp.rename(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def debian_vmlinux() -> pathlib.Path:
-    """Debian's amd64 bzImage unpacked to its ELF vmlinux (what provisioning will cache)."""
-    deb = kernel_deb("amd64")
-    _, abi = hosts_debs()
-
-    def make() -> bytes:
-        bz = extract(deb, f"./boot/vmlinuz-{abi}-amd64")
-        setup_sects = bz[0x1F1] or 4
-        offset, length = struct.unpack_from("<II", bz, 0x248)   # payload_offset/_length
-        start = (setup_sects + 1) * 512 + offset
-        payload = bz[start:start + length]
-        assert payload[:6] == b"\xfd7zXZ\x00", "Debian's amd64 kernels are xz-compressed"
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
-    return cached(f"vmlinux-{abi}-amd64", make)
+    return debian_kernels.vmlinux()
 
 
 @pytest.fixture(scope="module")
 def debian_arm64_image() -> pathlib.Path:
-    deb = kernel_deb("arm64")
-    _, abi = hosts_debs()
-    return cached(f"Image-{abi}-arm64",
-                  lambda: extract(deb, f"./boot/vmlinuz-{abi}-arm64"))
+    return debian_kernels.arm64_image()
 
 
 def test_elf_loader_finds_the_pvh_entry_of_debians_kernel(boot_binary, debian_vmlinux):
