@@ -3,8 +3,9 @@
  * (native/arch/boot.h): KVM VM with in-kernel irqchip and PIT, one RAM slot, CPUID from KVM, the
  * ELF vmlinux and an initrd, ACPI tables, PVH start info, and just enough devices to watch the
  * kernel use them: a 16550 at 0x3f8 (scratch, loopback, THR to stdout), the ACPI sleep ports
- * at 0x600 (S5 = exit 0), i8042 reset (exit 3), and virtio-mmio windows that read as zero so
- * virtio_mmio's probe of every ACPI LNRO0005 device reports "Wrong magic value".
+ * at 0x600 (S5 = exit 0), i8042 reset (exit 3), virtio-mmio windows that read as zero so
+ * virtio_mmio's probe of every ACPI LNRO0005 device reports "Wrong magic value", and a VMGenID
+ * whose id changes (with an edge on the GED's GSI) once the guest's init has reported it bound.
  * Not the product: the native core will do this properly. It proves the tables and the PVH
  * boot are right, run by tests/e2e/test_boot_smoke.py inside the emulated x86_64 host.
  *
@@ -28,16 +29,48 @@
 #define NVIRTIO 3
 #define SLEEP_PORT 0x600
 
+#define VMGENID_GSI 9
+
 static int kvm, vm;
 static uint8_t *ram;
 static uint64_t ram_size;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t uart[8], uart_dll, uart_dlm;
+static char line[256];
+static size_t line_len;
 
 static void die(const char *what)
 {
     fprintf(stderr, "boot_smoke: %s: %s (%s)\n", what, strerror(errno), vmm_last_error());
     exit(2);
+}
+
+/* What a restore does for VMGenID: a new id in guest memory, then an edge on the GED's GSI.
+ * Done once the init says "SMOKE: vmgenid:", so the driver is bound when it happens. */
+static void new_generation(void)
+{
+    struct kvm_irq_level l = {.irq = VMGENID_GSI, .level = 1};
+    memcpy(ram + X86_VMGENID_GPA, "vmmd-restored-1!", 16);
+    if (ioctl(vm, KVM_IRQ_LINE, &l) < 0)
+        die("KVM_IRQ_LINE");
+    l.level = 0;
+    if (ioctl(vm, KVM_IRQ_LINE, &l) < 0)
+        die("KVM_IRQ_LINE");
+    printf("\nboot_smoke: new VMGenID, GSI %d pulsed\n", VMGENID_GSI);
+}
+
+static void uart_out(uint8_t c)
+{
+    fputc(c, stdout);
+    if (c != '\n' && line_len < sizeof(line) - 1) {
+        line[line_len++] = (char)c;
+        return;
+    }
+    line[line_len] = 0;
+    line_len = 0;
+    if (strstr(line, "SMOKE: vmgenid:"))
+        new_generation();
+    fflush(stdout);
 }
 
 static void *slurp(const char *path, size_t *len)
@@ -65,8 +98,7 @@ static uint8_t uart_io(uint16_t off, int is_write, uint8_t v)
     int dlab = uart[3] & 0x80;
     if (is_write) {
         if (off == 0 && !dlab) {
-            fputc(v, stdout);
-            fflush(stdout);
+            uart_out(v);
         } else if (off == 0) {
             uart_dll = v;
         } else if (off == 1 && dlab) {
@@ -214,7 +246,7 @@ int main(int argc, char **argv)
     d.devs[d.ndevs++] = (struct boot_dev){BOOT_DEV_UART_16550, 0, 0x3f8, 8, 4};
     for (int i = 0; i < NVIRTIO; i++)
         d.devs[d.ndevs++] = (struct boot_dev){BOOT_DEV_VIRTIO_MMIO, 0, MMIO_BASE + 0x1000ULL * i, 0x1000, 5 + i};
-    d.devs[d.ndevs++] = (struct boot_dev){BOOT_DEV_VMGENID, 0, X86_VMGENID_GPA, 16, 9};
+    d.devs[d.ndevs++] = (struct boot_dev){BOOT_DEV_VMGENID, 0, X86_VMGENID_GPA, 16, VMGENID_GSI};
     d.devs[d.ndevs++] = (struct boot_dev){BOOT_DEV_ACPI_SLEEP, BOOT_IRQ_NONE, SLEEP_PORT, 2, 0};
     memcpy(ram + X86_VMGENID_GPA, "vmmd-generation!", 16);
 

@@ -39,6 +39,8 @@ say "nproc=$(nproc)"
 say "lnro: $(ls -d /sys/bus/acpi/devices/LNRO0005:* 2>&1 | tr '\n' ' ')"
 say "vmgenid: $(ls /sys/bus/acpi/drivers/vmgenid 2>&1 | tr '\n' ' ')"
 say "ged: $(ls /sys/bus/platform/drivers/acpi-ged 2>&1 | tr '\n' ' ')"
+sleep 2    # x86: the VMM changes the VMGenID when it sees the line above
+say "fork: $(dmesg | grep -c 'virtual machine fork')"
 say "rtc: $(cat /sys/class/rtc/rtc0/name 2>&1)"
 say "initrd done"
 poweroff -f
@@ -144,6 +146,9 @@ def test_debian_amd64_kernel_boots_on_our_acpi_and_pvh(testhost, tmp_path):
            "/sys/bus/acpi/devices/LNRO0005:02" in out
     assert re.search(r"SMOKE: vmgenid: .*VMGENCTR:00", out)
     assert re.search(r"SMOKE: ged: .*ACPI0013:00", out)
+    # new id + GSI edge -> GED _EVT -> Notify(VGEN, 0x80) -> vmgenid -> the kernel reseeds
+    assert "boot_smoke: new VMGenID, GSI 9 pulsed" in out
+    assert "SMOKE: fork: 1" in out
     assert "ACPI: PM: (supports S0 S5)" in out
     assert "boot_smoke: sleep control 0x34" in out and "boot_smoke: S5 power-off" in out
 
