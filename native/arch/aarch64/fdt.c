@@ -308,12 +308,23 @@ static int check_gic(const struct boot_desc *d)
     return 0;
 }
 
+/* Each cpu node is named and found by its MPIDR: two vCPUs with one affinity are a bug. */
+static int check_mpidrs(const struct boot_desc *d)
+{
+    for (uint32_t i = 0; i < d->vcpus; i++)
+        for (uint32_t j = 0; j < i; j++)
+            if (((d->mpidr[i] ^ d->mpidr[j]) & 0xff00ffffffULL) == 0)
+                return vmm_err(EINVAL, "FDT: vCPUs %u and %u have the same MPIDR affinity 0x%llx",
+                               j, i, (unsigned long long)(d->mpidr[i] & 0xff00ffffffULL));
+    return 0;
+}
+
 int arm64_fdt_build(const struct boot_desc *d, uint8_t *buf, size_t len, size_t *used)
 {
     struct fdt f = {.buf = buf, .cap = len};
     char uart[48] = "";
     int r = boot_desc_check(d, BOOT_ARCH_AARCH64);
-    if (r || (r = check_gic(d)))
+    if (r || (r = check_gic(d)) || (r = check_mpidrs(d)))
         return r;
     for (int i = 0; i < d->ndevs; i++)
         if (d->devs[i].kind == BOOT_DEV_UART_16550 && !uart[0])

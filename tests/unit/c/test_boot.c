@@ -635,6 +635,9 @@ static void test_fdt_refuses_bad_descriptions(void)
     d.initrd_gpa = 0x9ff00000ULL;                      /* initrd runs past RAM */
     REFUSED(arm64_fdt_build(&d, buf, ARM64_DTB_MAX, NULL), EINVAL, "initrd");
     arm_desc(&d, 2);
+    d.mpidr[1] = d.mpidr[0];                           /* two vCPUs, one affinity */
+    REFUSED(arm64_fdt_build(&d, buf, ARM64_DTB_MAX, NULL), EINVAL, "same MPIDR");
+    arm_desc(&d, 2);
     d.rng_seed_len = 65;
     REFUSED(arm64_fdt_build(&d, buf, ARM64_DTB_MAX, NULL), EINVAL, "seed");
     free(buf);
