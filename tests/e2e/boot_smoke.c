@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <linux/kvm.h>
-#include "internal.h"
+#include "include/vmm.h"
 #include "arch/boot.h"
 
 #define MMIO_BASE 0xd0000000ULL
@@ -30,6 +31,18 @@
 #define SLEEP_PORT 0x600
 
 #define VMGENID_GSI 9
+
+/* the builders' error sink (the native core's lives with its VM code) */
+static char last_error[512];
+const char *vmm_last_error(void) { return last_error; }
+int vmm_err(int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    return -err;
+}
 
 static int kvm, vm;
 static uint8_t *ram;

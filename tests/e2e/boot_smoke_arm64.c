@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,18 @@
                          (offsetof(struct kvm_regs, field) / sizeof(uint32_t)))
 
 static int kvm, vm;
+
+/* the builders' error sink (the native core's lives with its VM code) */
+static char last_error[512];
+const char *vmm_last_error(void) { return last_error; }
+int vmm_err(int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    return -err;
+}
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t uart[8], uart_dll, uart_dlm;
 

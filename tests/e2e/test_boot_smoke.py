@@ -64,7 +64,7 @@ def smoke_binary(arch: str) -> pathlib.Path:
     r = subprocess.run([a["cc"], "-static", "-O2", "-Wall", "-D_GNU_SOURCE",
                         '-DVMM_NATIVE_VERSION="smoke"', "-I", str(NATIVE), "-o", str(out),
                         str(HERE / a["runner"]),
-                        *[str(NATIVE / s) for s in ("bootdesc.c", *a["builders"], "util.c")],
+                        *[str(NATIVE / s) for s in ("bootdesc.c", *a["builders"])],
                         "-lpthread"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out
