@@ -12,7 +12,10 @@ mkdir -p "$cache"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages: only asked for when something is missing ---
-debs=(gcc libc6-dev binutils make python3 python3-venv python3-dev libseccomp2 systemd)
+# libseccomp2: the worker's filter; systemd: systemd-analyze checks deploy/vmmd.service;
+# acpica-tools (iasl) and device-tree-compiler (dtc) check the boot tables in tests/unit/test_boot.py
+debs=(gcc libc6-dev binutils make python3 python3-venv python3-dev libseccomp2 systemd
+      acpica-tools device-tree-compiler)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
