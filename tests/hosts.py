@@ -35,11 +35,13 @@ class HostResult:
 
 
 def provision() -> pathlib.Path:
-    """Runs hosts/provision.sh (quick when cached); returns the host image directory."""
+    """Runs hosts/provision.sh (quick when cached); returns the host image directory, symlinks
+    resolved: the host mounts the results directory and the userland by these paths, and a
+    symlink on this machine is not one inside the host."""
     r = subprocess.run([str(ROOT / "hosts" / "provision.sh")], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"provisioning the emulated hosts failed:\n{r.stderr}")
-    return pathlib.Path(r.stdout.strip().splitlines()[-1])
+    return pathlib.Path(r.stdout.strip().splitlines()[-1]).resolve()
 
 
 def qemu_command(arch: str, images: pathlib.Path, results: str, mem_mb: int, cpus: int,
