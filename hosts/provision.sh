@@ -109,8 +109,9 @@ arm64_python=(python3.11 python3.11-minimal libpython3.11-minimal libpython3.11-
     libpython3.11-dev libpython3.11)
 userland=$out/aarch64-userland
 USERLAND_RECIPE=3   # bump when the steps below change
-want=$( (cat "$here/pins.env"; echo "${arm64_libs[*]} ${arm64_python[*]} $USERLAND_RECIPE") |
-    sha256sum | cut -c1-16)
+# the project's dependencies are part of it: a new one must reach the arm64 host too
+want=$( (cat "$here/pins.env" "$here/../pyproject.toml";
+         echo "${arm64_libs[*]} ${arm64_python[*]} $USERLAND_RECIPE") | sha256sum | cut -c1-16)
 if [ "$(cat "$userland/.built" 2>/dev/null)" != "$want" ]; then
     log "building the aarch64 userland"
     mkdir -p "$out/debs/arm64"

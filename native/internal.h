@@ -169,6 +169,8 @@ struct device {
 struct device_ops {
     const char *name;
     uint32_t version;        /* state version this build writes and reads */
+    uint32_t boot_kind;      /* how the guest is told about it (enum boot_dev_kind in
+                              * arch/boot.h: ACPI/FDT); 0: not described */
     int (*init)(struct device *d, const struct vmm_device_config *cfg);
     int (*access)(struct device *d, uint64_t off, uint8_t *data, uint32_t len, bool is_write,
                   struct bus_req *req);

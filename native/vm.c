@@ -224,7 +224,7 @@ int vm_build(const struct vmm_config *cfg, int backend, struct mem_layer *layers
     }
     vm->cfg = *cfg;
     for (unsigned i = 0; i < cfg->ndevices; i++)
-        vm->devcfg[i] = cfg->devices[i];   /* paths are only read while building */
+        vm->devcfg[i] = cfg->devices[i];   /* paths are read only while building: then cleared */
     vm->cfg.devices = vm->devcfg;
     vm->kvm_fd = vm->vm_fd = -1;
     for (int i = 0; i < VMM_MAX_VCPUS; i++)
@@ -259,7 +259,10 @@ int vm_build(const struct vmm_config *cfg, int backend, struct mem_layer *layers
         goto fail;
     vm->dm.env = (struct dev_env){.mem = &vm->mem, .loop = vm->loop, .vm_fd = vm->vm_fd,
                                   .st = &vm->st};
-    if ((r = devmgr_build(vm, cfg->devices, cfg->ndevices)))
+    r = devmgr_build(vm, cfg->devices, cfg->ndevices);
+    for (unsigned i = 0; i < cfg->ndevices; i++)       /* the caller's strings: not kept */
+        vm->devcfg[i].path = vm->devcfg[i].overlay = NULL;
+    if (r)
         goto fail;
     *out = vm;
     return 0;

@@ -51,14 +51,22 @@ enum vmm_stop_reason {
  * are handed out in list order. Types below 100 are production devices; 100 and up exist only
  * in test builds. */
 enum vmm_device_type {
+    VMM_DEV_VIRTIO_BLK = 1,
+    VMM_DEV_VIRTIO_VSOCK = 2,
+    VMM_DEV_VIRTIO_RNG = 3,
+    VMM_DEV_VIRTIO_NET = 4,
     VMM_DEV_DEBUG = 100,      /* test builds: exit/mark/counter port */
     VMM_DEV_TESTDEV = 101     /* test builds: MMIO scratch, counters, doorbell + DMA */
 };
 
 struct vmm_device_config {
     int type;                  /* enum vmm_device_type */
-    unsigned int id;           /* unique within the VM; names the device's vmstate section */
-    const char *path;          /* backend path, where the device has one; else NULL */
+    unsigned int id;           /* unique per type within the VM; names its vmstate section */
+    const char *path;          /* blk: the read-only base image; vsock: the host Unix socket */
+    const char *overlay;       /* blk: the VM's writable copy-on-write layer */
+    unsigned long long size;   /* blk: the disk's size cap in bytes (at most 32 GiB) */
+    unsigned long long cid;    /* vsock: the guest's context id (3 and up) */
+    int read_only;             /* blk: no writable layer */
 };
 
 struct vmm_config {
