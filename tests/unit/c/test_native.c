@@ -127,8 +127,15 @@ static void test_other_exits(void)
     int un;
     struct bus_req req;
     struct kvm_run *run = new_run();
-    run->exit_reason = KVM_EXIT_SHUTDOWN;
+    run->exit_reason = KVM_EXIT_SHUTDOWN;      /* a triple fault is a reset */
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_RESET);
+    run->exit_reason = KVM_EXIT_SYSTEM_EVENT;
+    run->system_event.type = KVM_SYSTEM_EVENT_SHUTDOWN;
     CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_SHUTDOWN);
+    run->system_event.type = KVM_SYSTEM_EVENT_RESET;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_RESET);
+    run->system_event.type = KVM_SYSTEM_EVENT_CRASH;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     run->exit_reason = KVM_EXIT_INTR;
     CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_CONTINUE);
     run->exit_reason = KVM_EXIT_INTERNAL_ERROR;
