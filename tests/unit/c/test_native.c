@@ -293,6 +293,11 @@ static void test_concurrent_writes_keep_every_dirty_bit(void)
 static void test_crc32c_known_value(void)
 {
     CHECK(crc32c(0, "123456789", 9) == 0xE3069283u);   /* the standard check value */
+    static uint8_t buf[4099];                          /* the 8-byte path and a tail */
+    for (int i = 0; i < 4099; i++)
+        buf[i] = (uint8_t)(i % 251);
+    CHECK(crc32c(0, buf, sizeof(buf)) == 0x987a5180u);  /* tests/helpers.py, bit by bit */
+    CHECK(crc32c(crc32c(0, buf, 1000), buf + 1000, 3099) == 0x987a5180u);   /* in pieces */
 }
 
 int main(void)
