@@ -25,8 +25,11 @@ say "nproc=$(nproc) arch=$(uname -m)"
 say "lnro: $(ls /sys/bus/acpi/devices 2>/dev/null | grep -c LNRO0005)"
 say "vmgenid: $(ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | grep -c VMGENCTR)"
 say "rtc: $(cat /sys/class/rtc/rtc0/name 2>/dev/null)"
+if grep -q vmmd.busy /proc/cmdline; then          # every vCPU spinning in user space
+    for c in $(seq $(nproc)); do (while :; do :; done) & done
+fi
 i=0
-while [ $i -lt 12 ]; do say "tick $i"; i=$((i + 1)); sleep 0.5; done
+while [ $i -lt @TICKS@ ]; do say "tick $i"; i=$((i + 1)); sleep 0.5; done
 say "fork: $(dmesg | grep -c 'virtual machine fork')"
 say "done"
 poweroff -f
@@ -37,7 +40,8 @@ RUNNER = r"""
 import os, select, sys, time
 os.environ.pop("VMMD_NATIVE", None)           # the production module
 from vmmd.native import VM, Backend, Device, DeviceType
-kernel, initrd, cmdline, arch, snap = sys.argv[1:6]
+kernel, initrd, cmdline, arch, snap, cycles = sys.argv[1:7]
+cycles = int(cycles)
 devs = (Device(DeviceType.VMGENID),) if arch == "x86_64" else ()
 
 
@@ -64,9 +68,42 @@ t0 = time.monotonic()
 vm.load_linux(kernel, initrd, cmdline)
 vm.start()
 vms = {"orig": (vm, bytearray())}
-assert pump(vms, lambda n, o: b"VMMD: tick 3" in o, 300), "no tick 3: " + bytes(vms["orig"][1][-3000:]).decode(errors="replace")
+
+
+def diagnose(v):
+    import struct
+    import msgpack
+    print("STATS", v.stats(), flush=True)
+    try:
+        v.pause()
+        body = msgpack.unpackb(v.state_blob()[24:-4], raw=False)
+        for i, c in enumerate(body["vcpu"]):
+            if "regs" in c:       # x86: struct kvm_regs, rip is the 17th u64
+                regs = struct.unpack("<18Q", c["regs"])
+                print(f"VCPU {i} rip {regs[16]:#x} rflags {regs[17]:#x} mp_state {c['mp_state']}",
+                      flush=True)
+    except Exception as e:      # noqa: BLE001 - diagnostics only
+        print("DIAGNOSE", e, flush=True)
+
+
+if not pump(vms, lambda n, o: b"VMMD: tick 3" in o, 300):
+    diagnose(vm)
+    raise SystemExit("no tick 3: " + bytes(vms["orig"][1][-3000:]).decode(errors="replace"))
 print(f"BOOT-SECONDS {time.monotonic() - t0:.1f}", flush=True)
-if arch == "x86_64":
+if cycles:                      # pause + snapshot a busy guest, again and again
+    times = []
+    for i in range(cycles):
+        t = time.monotonic()
+        vm.pause()
+        vm.snapshot(f"{snap}-{i}", diff=i > 0)
+        vm.resume()
+        times.append(time.monotonic() - t)
+        assert pump(vms, lambda n, o: o.count(b"VMMD: tick") > i + 4, 60), f"no tick after cycle {i}"
+    print(f"CYCLES {cycles} median {sorted(times)[len(times) // 2] * 1000:.0f} ms", flush=True)
+    copy = VM.restore(f"{snap}-{cycles - 1}", Backend.MMAP, devices=devs)
+    copy.start()
+    vms["copy"] = (copy, bytearray())
+elif arch == "x86_64":
     t = time.monotonic()
     vm.pause()
     vm.snapshot(snap)
@@ -90,9 +127,9 @@ ARCHES = {
 }
 
 
-def run(testhost, arch, tmp_path) -> str:
+def run(testhost, arch, tmp_path, cycles=0, busy=False) -> str:
     a = ARCHES[arch]
-    init = INIT.replace("@MODULES@", a["modules"])
+    init = INIT.replace("@MODULES@", a["modules"]).replace("@TICKS@", str(40 if cycles else 12))
     initrd = debian_kernels.busybox_initrd(a["deb"], init, a["modules"].split(), tmp_path)
     kernel = a["kernel"]()
     runner = debian_kernels.CACHE / "boot-test" / "linux_boot_runner.py"
@@ -100,8 +137,9 @@ def run(testhost, arch, tmp_path) -> str:
     guests.cache_dir().mkdir(parents=True, exist_ok=True)       # testhost binds it
     host = testhost(arch)
     import hosts
+    cmdline = a["cmdline"] + (" vmmd.busy" if busy else "")
     cmd = " ".join(shlex.quote(str(x)) for x in (
-        hosts.python(arch), runner, kernel, initrd, a["cmdline"], arch, "/tmp/snap"))
+        hosts.python(arch), runner, kernel, initrd, cmdline, arch, "/tmp/snap", cycles))
     r = host.run(f"cd {shlex.quote(str(ROOT))} && {cmd} 2>&1; echo runner_status=$?",
                  binds=[str(runner.parent)], timeout=840)
     (tmp_path / "output.txt").write_text(r.output + "\n--- host console ---\n" + r.console)
@@ -128,3 +166,11 @@ def test_debian_arm64_kernel_boots_and_powers_off_in_vmmd(testhost, tmp_path):
     assert "orig| VMMD: rtc: rtc-pl031" in out, out
     assert "orig| VMMD: tick 11" in out, out
     assert re.search(r"EXIT orig STOPPED SHUTDOWN .*SYSTEM_OFF", out), out
+
+
+def test_busy_amd64_guest_pauses_and_snapshots_20_times_in_a_row(testhost, tmp_path):
+    """Pause is how every snapshot starts: with every vCPU spinning it must work every time."""
+    out = run(testhost, "x86_64", tmp_path, cycles=20, busy=True)
+    assert "CYCLES 20" in out, out
+    assert "orig| VMMD: tick 39" in out and "copy| VMMD: tick 39" in out, out
+    assert re.search(r"EXIT copy STOPPED SHUTDOWN", out), out
