@@ -40,7 +40,9 @@ def provision() -> pathlib.Path:
     r = subprocess.run([str(ROOT / "hosts" / "provision.sh")], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"provisioning the emulated hosts failed:\n{r.stderr}")
-    return pathlib.Path(r.stdout.strip().splitlines()[-1])
+    # resolved: the hosts' init sees the machine's root under /newroot, where an absolute
+    # symlink in the cache path (a helper's cache linking to the shared hosts dir) points nowhere
+    return pathlib.Path(r.stdout.strip().splitlines()[-1]).resolve()
 
 
 def qemu_command(arch: str, images: pathlib.Path, results: str, mem_mb: int, cpus: int,
