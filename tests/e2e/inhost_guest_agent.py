@@ -76,6 +76,8 @@ def guest():
             metric("guest_uptime_at_agent_start", line.split(" at ")[-1])
     g.info = info
     g.agent = agent
+    dmesg = run(agent.run(["dmesg"])).stdout.decode(errors="replace")
+    print("--- guest dmesg (tail) ---\n" + "\n".join(dmesg.splitlines()[-40:]))
     yield g
     out = g.stop()
     print(f"\n--- QEMU ---\n{out[-2000:]}\n--- guest console ---\n{g.console_text()[-3000:]}")
