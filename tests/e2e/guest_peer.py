@@ -68,6 +68,7 @@ class QemuGuest:
         self.started = 0.0
 
     def start(self, incoming: str | None = None) -> None:
+        """Boots, or with `incoming` ("exec:cat FILE") restores what save() wrote."""
         self.qmp_path.unlink(missing_ok=True)
         cmd = qemu_command(self.arch, self.kernel, self.initrd, disk=self.disk,
                            console=str(self.console), qmp=str(self.qmp_path), incoming=incoming,

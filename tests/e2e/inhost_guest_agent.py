@@ -227,3 +227,93 @@ def test_sync_sets_the_clock_adds_entropy_and_bumps_the_generation(guest):
     assert r["generation"] == before + 1 and app_view == f"{before + 1}\n"
     assert abs(guest_now - ahead / 1e9) < 5
     assert r2["generation"] == before + 2 and abs(guest_again - time.time()) < 5
+
+
+# --- snapshot and restore (QEMU's migrate-to-file as the peer's snapshot), last: it ends the
+# booted guest. The disk is copied with the snapshot, so each copy writes its own.
+
+async def probe_clock(agent: Agent) -> float:
+    """Guest realtime minus host realtime, in seconds (a tmpfs file's mtime is the guest's
+    clock when it was written; the host's is taken around the write)."""
+    t0 = time.time_ns()
+    await agent.write_file("/run/clock-probe", b"")
+    t1 = time.time_ns()
+    guest_ns = (await agent.stat("/run/clock-probe"))["mtime_ns"]
+    return (guest_ns - (t0 + t1) / 2) / 1e9
+
+
+async def randomness(agent: Agent) -> tuple[bytes, bytes]:
+    uuid = await agent.read_bytes("/proc/sys/kernel/random/uuid")
+    rnd = await agent.read_bytes("/dev/urandom", length=32)
+    return uuid, rnd
+
+
+@pytest.fixture(scope="module")
+def clones(guest):
+    """Freeze, snapshot the running guest (QEMU exits), then two restores one after the other,
+    each observed: how fast its agent answers, whether it thawed, its clock and randomness
+    before and after sync_after_restore."""
+    snap = "/tmp/guest-snapshot"
+    a = guest.agent
+
+    async def observe(name: str) -> dict:
+        disk = f"/tmp/guest-{name}.ext4"
+        shutil.copyfile("/tmp/guest-snapshot.disk", disk)
+        g = QemuGuest(ARCH, guest.kernel, guest.initrd, disk=disk, workdir=f"/tmp/guest-{name}")
+        g.start(incoming=f"exec:cat {snap}")
+        try:
+            o = {"ping": await asyncio.to_thread(wait_ready, g, a, 300)}
+            o["ready_s"] = time.monotonic() - g.started
+            metric(f"restore_to_agent_ready_s[{name}]", round(o["ready_s"], 2))
+            # the restore reset every vsock connection, the freeze holder's too: writes go on
+            p = await write_pending(a, f"/data/after-restore-{name}")
+            o["write_after_restore"] = await asyncio.wait_for(p.wait(), 60)
+            o["skew_before_sync"] = await probe_clock(a)
+            o["random_before_sync"] = await randomness(a)
+            o["sync"] = await a.sync_after_restore()
+            o["skew_after_sync"] = await probe_clock(a)
+            o["random_after_sync"] = await randomness(a)
+            o["kept"] = await a.read_bytes("/data/before-snapshot")
+            return o
+        except BaseException:
+            print(f"--- restore {name}: QEMU ---\n{g.stop()}\n{g.console_text()[-3000:]}")
+            raise
+        finally:
+            g.stop()
+
+    async def scenario():
+        await a.write_file("/data/before-snapshot", b"kept\n", sync=True)
+        generation = (await a.ping())["generation"]
+        frozen = await a.freeze(timeout=600)       # as vmmd does before every snapshot
+        took = await asyncio.to_thread(guest.save, snap)
+        metric("qemu_save_s", round(took, 2))
+        await frozen.conn.aclose()
+        shutil.copyfile(guest.disk, "/tmp/guest-snapshot.disk")
+        return generation, [await observe("a"), await observe("b")]
+    generation, seen = run(scenario(), 900)
+    metric("clock_skew_before_sync_s", [round(o["skew_before_sync"], 2) for o in seen])
+    metric("clones_identical_before_sync",
+           seen[0]["random_before_sync"] == seen[1]["random_before_sync"])
+    return generation, seen
+
+
+def test_restored_guest_answers_keeps_its_disk_and_thaws_itself(clones):
+    generation, seen = clones
+    for o in seen:
+        assert o["ping"]["generation"] == generation
+        assert o["write_after_restore"].code == 0
+        assert o["kept"] == b"kept\n"
+
+
+def test_sync_after_restore_puts_the_clock_within_a_second_of_the_host(clones):
+    generation, seen = clones
+    for o in seen:
+        assert o["sync"]["generation"] == generation + 1 and o["sync"]["reseeded"]
+        assert abs(o["skew_after_sync"]) < 1.0, o["skew_after_sync"]
+
+
+def test_two_restores_of_one_snapshot_diverge_after_sync(clones):
+    _, (a, b) = clones
+    uuid_a, rnd_a = a["random_after_sync"]
+    uuid_b, rnd_b = b["random_after_sync"]
+    assert uuid_a != uuid_b and rnd_a != rnd_b

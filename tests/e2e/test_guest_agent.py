@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def run_in_host(testhost, arch: str, tmp_path, timeout: float):
     kernel = paths.guest_kernel(arch).image
     initrd = initramfs.build(arch)
-    disk = busybox_rootfs(paths.busybox(arch), tmp_path / "root.ext4", size_mb=256)
+    disk = busybox_rootfs(paths.busybox(arch), tmp_path / "root.ext4", size_mb=128)
     host = testhost(arch)
     r = host.pytest("tests/e2e/inhost_guest_agent.py", "-s",
                     guests=(), timeout=timeout,
