@@ -209,11 +209,14 @@ class Process:
                     raise AgentError(str(msg.get("message", "")), msg.get("errno"), msg.get("code"))
                 else:
                     raise ProtocolError(f"unexpected exec frame {t}")
-        except BaseException as e:
+        except asyncio.CancelledError:
+            if not self._exit.done():         # kill(): wait() says so, nobody has to ask
+                self._exit.set_exception(ProtocolError("the exec was ended from the host"))
+                self._exit.exception()
+            raise
+        except Exception as e:
             if not self._exit.done():
-                self._exit.set_exception(e if isinstance(e, Exception) else ProtocolError(str(e)))
-            if isinstance(e, asyncio.CancelledError):
-                raise
+                self._exit.set_exception(e)
         finally:
             self.stdout._close()
             self.stderr._close()
@@ -337,8 +340,9 @@ class Agent:
         try:
             await c.send(request)
         except (ConnectionError, OSError) as e:
+            err = await c.error_after_write_failure(e)   # e.g. "too many connections"
             c.close()
-            raise ProtocolError(f"connection to the agent lost: {e}") from None
+            raise err from None
         return c
 
     async def _call(self, request: dict, *types: str) -> dict:

@@ -501,3 +501,63 @@ def proc_io(pid: int) -> int:
         if line.startswith("wchar:"):
             return int(line.split()[1])
     raise AssertionError("no wchar")
+
+
+def test_hybrid_vsock_client_speaks_connect_then_frames(agent_proc, tmp_path):
+    """Agent.hybrid: "CONNECT 1024\\n" / "OK <port>\\n" on the VMM's Unix socket, then the
+    protocol. A stand-in for the VMM's socket relays to the agent after the handshake."""
+    _, sock, _ = agent_proc
+    uds = tmp_path / "vsock.sock"
+    ports = []
+
+    async def go():
+        async def vmm(r, w):
+            line = await r.readline()
+            ports.append(line)
+            if line != b"CONNECT 1024\n":
+                w.write(b"ERR\n")
+                w.close()
+                return
+            ar, aw = await asyncio.open_unix_connection(str(sock))
+            w.write(b"OK 1073741824\n")
+
+            async def pipe(src, dst):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+                dst.close()
+            await asyncio.gather(pipe(r, aw), pipe(ar, w))
+        server = await asyncio.start_unix_server(vmm, str(uds))
+        async with server:
+            ping = await Agent.hybrid(uds).ping()
+            with pytest.raises(ProtocolError, match="CONNECT 5"):
+                await Agent.hybrid(uds, port=5).ping()
+            return ping
+    assert run(go())["version"] and ports[0] == b"CONNECT 1024\n"
+
+
+def test_connections_over_the_limit_get_an_error_not_a_hang(tmp_path):
+    binary = agentbuild.build(machine_arch())
+    sock = tmp_path / "a.sock"
+    p = subprocess.Popen([str(binary), "--listen", f"unix:{sock}", "--run-dir",
+                          str(tmp_path / "run"), "--max-conns", "1"], stderr=subprocess.DEVNULL)
+    try:
+        while not sock.exists():
+            time.sleep(0.01)
+        a = Agent.unix(sock)
+
+        async def go():
+            busy = await a.exec(["sleep", "60"])        # the one connection allowed
+            with pytest.raises(AgentError) as e:
+                await a.ping()
+            await busy.kill()
+            for _ in range(100):                         # served again once it is reaped
+                try:
+                    return e.value, await a.ping()
+                except AgentError:
+                    await asyncio.sleep(0.05)
+        err, ping = run(go())
+        assert err.code == "EAGAIN" and ping["version"]
+    finally:
+        p.kill()
+        p.wait()

@@ -73,6 +73,12 @@ static int writable_mounts(struct mount *out, int max)
     char line[4096];
     int n = 0;
     while (n < max && fgets(line, sizeof(line), f)) {
+        if (!strchr(line, '\n') && !feof(f)) {     /* longer than the buffer: skip it whole */
+            int ch;
+            while ((ch = fgetc(f)) != EOF && ch != '\n')
+                ;
+            continue;
+        }
         /* id parent major:minor root mountpoint opts [optional...] - fstype source superopts */
         char *fld[16];
         int nf = 0;
@@ -233,7 +239,8 @@ int op_freeze(struct conn *c, const struct msg *m)
         int r = fs_ioctl(ms[i].path, FIFREEZE);
         if (r == 0) {
             frozen[i] = true, count++;
-        } else if (r != -EOPNOTSUPP && r != -ENOTTY && r != -EINVAL) {
+        } else if (r != -EOPNOTSUPP && r != -ENOTTY && r != -EINVAL && r != -ENOENT) {
+            /* (the others: no freeze support, or the mount went away: nothing to protect) */
             err = r;
             seterr(c, "FIFREEZE %s: %s", ms[i].path, strerror(-r));
             break;

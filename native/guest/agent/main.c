@@ -33,6 +33,14 @@ struct listener {
     int fd;
 };
 
+#define MAX_REFUSED 16
+#define REFUSED_LINGER_MS 2000
+
+struct refused {                    /* a connection told "too many": closed once its peer is */
+    int fd;
+    int64_t until;
+};
+
 struct agent {
     struct agent_cfg cfg;
     struct listener ls[MAX_LISTEN];
@@ -40,6 +48,7 @@ struct agent {
     int max_conns;
     pid_t *handlers;                /* live handler pids, 0 = free slot */
     int live;
+    struct refused refused[MAX_REFUSED];
 };
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -169,16 +178,70 @@ static void reap(struct agent *a)
             }
 }
 
+/* Over the limit: one non-blocking try at an error frame, then only our side is shut. Closing
+ * at once would drop the request the peer is still sending, and a peer whose data was dropped
+ * gets ECONNRESET instead of the frame; so the fd waits until the peer closes (or a while). */
+static void refuse(struct agent *a, int fd)
+{
+    char text[128];
+    snprintf(text, sizeof(text), "the agent serves at most %d connections at once", a->max_conns);
+    struct conn c;
+    conn_init(&c, fd, &a->cfg);
+    msgpack_packer *pk = conn_begin(&c);
+    msgpack_pack_map(pk, 4);
+    pk_kv_str(pk, "t", "error");
+    pk_kv_int(pk, "errno", EAGAIN);
+    pk_kv_str(pk, "code", "EAGAIN");
+    pk_kv_str(pk, "message", text);
+    conn_end(&c);
+    conn_flush(&c);
+    c.fd = -1;                      /* conn_close frees the buffers, the fd stays */
+    conn_close(&c);
+    shutdown(fd, SHUT_WR);
+    int slot = 0;
+    for (int i = 0; i < MAX_REFUSED; i++) {
+        if (a->refused[i].fd < 0) {
+            slot = i;
+            break;
+        }
+        if (a->refused[i].until < a->refused[slot].until)
+            slot = i;               /* all taken: the oldest goes */
+    }
+    if (a->refused[slot].fd >= 0)
+        close(a->refused[slot].fd);
+    a->refused[slot] = (struct refused){fd, now_ms() + REFUSED_LINGER_MS};
+}
+
+/* Drains refused connections that have something to read; closes them at EOF or timeout. */
+static void tend_refused(struct agent *a, bool readable[MAX_REFUSED])
+{
+    char sink[4096];
+    int64_t now = now_ms();
+    for (int i = 0; i < MAX_REFUSED; i++) {
+        struct refused *r = &a->refused[i];
+        if (r->fd < 0)
+            continue;
+        bool done = now >= r->until;
+        if (readable[i]) {
+            ssize_t n;
+            while ((n = recv(r->fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0)
+                ;
+            done = done || n == 0 || (n < 0 && errno != EAGAIN);
+        }
+        if (done) {
+            close(r->fd);
+            r->fd = -1;
+        }
+    }
+}
+
 static void accept_one(struct agent *a, int lfd, const sigset_t *oldmask, int sfd)
 {
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0)
         return;
     if (a->live >= a->max_conns) {
-        struct conn c;
-        conn_init(&c, fd, &a->cfg);
-        conn_fail(&c, EAGAIN, "the agent serves at most %d connections at once", a->max_conns);
-        conn_close(&c);
+        refuse(a, fd);
         return;
     }
     pid_t p = fork();
@@ -190,6 +253,9 @@ static void accept_one(struct agent *a, int lfd, const sigset_t *oldmask, int sf
     if (p == 0) {
         for (int i = 0; i < a->nls; i++)
             close(a->ls[i].fd);
+        for (int i = 0; i < MAX_REFUSED; i++)
+            if (a->refused[i].fd >= 0)
+                close(a->refused[i].fd);
         close(sfd);
         signal(SIGCHLD, SIG_DFL);
         sigprocmask(SIG_SETMASK, oldmask, NULL);
@@ -217,6 +283,8 @@ static int usage(void)
 int main(int argc, char **argv)
 {
     struct agent a = {.cfg = {.run_dir = "/run/vmmd"}, .max_conns = 256};
+    for (int i = 0; i < MAX_REFUSED; i++)
+        a.refused[i].fd = -1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc && a.nls < MAX_LISTEN)
             a.ls[a.nls++].spec = argv[++i];
@@ -269,16 +337,25 @@ int main(int argc, char **argv)
         return 1;
     }
     logmsg("%s listening (%s%s)", AGENT_VERSION, a.ls[0].spec, a.nls > 1 ? ", ..." : "");
-    struct pollfd p[MAX_LISTEN + 1];
+    struct pollfd p[MAX_LISTEN + 1 + MAX_REFUSED];
     for (;;) {
+        int np = 0, lingering = 0;
         for (int i = 0; i < a.nls; i++)
-            p[i] = (struct pollfd){.fd = a.ls[i].fd, .events = POLLIN};
-        p[a.nls] = (struct pollfd){.fd = sfd, .events = POLLIN};
-        if (poll(p, (nfds_t)a.nls + 1, -1) < 0) {
+            p[np++] = (struct pollfd){.fd = a.ls[i].fd, .events = POLLIN};
+        p[np++] = (struct pollfd){.fd = sfd, .events = POLLIN};
+        for (int i = 0; i < MAX_REFUSED; i++) {
+            p[np++] = (struct pollfd){.fd = a.refused[i].fd, .events = POLLIN};
+            lingering += a.refused[i].fd >= 0;
+        }
+        if (poll(p, (nfds_t)np, lingering ? 250 : -1) < 0) {
             if (errno != EINTR)
                 sleep(1);
             continue;
         }
+        bool readable[MAX_REFUSED];
+        for (int i = 0; i < MAX_REFUSED; i++)
+            readable[i] = p[a.nls + 1 + i].revents != 0;
+        tend_refused(&a, readable);
         if (p[a.nls].revents) {
             struct signalfd_siginfo si;
             while (read(sfd, &si, sizeof(si)) > 0)
