@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import report
+from conftest import devices, report
 from vmmd.native import VM, Backend
 
 MEM = 256 << 20
@@ -70,7 +70,7 @@ def test_per_vm_overhead(benchmark, guest_snapshot, backend):
         _, _, user0 = split_pss(memfile, MEM, backend)
         k0 = kernel_bytes()
         for _ in range(n):
-            vm = VM.restore(d, backend)
+            vm = VM.restore(d, backend, devices=devices())
             vm.start()
             vms.append(vm)
         time.sleep(0.2)
@@ -100,7 +100,7 @@ def test_readers_share_pages(benchmark, guest_snapshot, backend, count):
 
     def run():
         for _ in range(count):
-            vm = VM.restore(d, backend)
+            vm = VM.restore(d, backend, devices=devices())
             vm.mem_write(0x8000, (1).to_bytes(8, "little"))     # params.go
             vm.start()
             vms.append(vm)

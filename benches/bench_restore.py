@@ -6,12 +6,13 @@ uffd is measured bare and as designed (DESIGN §3): with the working set recorde
 installed before start; bare, each first touch is a ~130 us fault round trip on this host.
 Targets: restore within 3x of the floor; with mmap, 2 GiB within 1.5x of 256 MiB.
 """
+import select
 import time
 
 import pytest
 
-from conftest import LOAD_GPA, STACK_TOP, build, median, report
-from vmmd._native import ffi, lib
+from conftest import LOAD_GPA, STACK_TOP, build, devices, median, report
+from vmmd.native import ffi, lib
 from vmmd.native import VM, Backend
 
 ROUNDS = 15
@@ -19,15 +20,37 @@ SIZES = {"256m": 256 << 20, "2g": 2 << 30}
 LAT: dict[tuple[str, str], float] = {}
 
 
+DONE: list = []      # VMs measured: closed after the measurements, never between them
+
+
+def wait_first_byte(vm) -> int:
+    """Sleeps on the serial eventfd (a busy wait here would take the CPU the new vCPU thread
+    needs, and its first KVM_RUN would start a scheduler tick late)."""
+    p = select.poll()
+    p.register(vm.serial_fd(), select.POLLIN)
+    while not (first := vm.stats()["first_serial_ns"]):
+        p.poll(1000)
+    return first
+
+
 def first_byte_latency(make) -> float:
-    """Seconds from before `make()` to the first serial byte of the VM it returns."""
+    """Seconds from before `make()` to the first serial byte of the VM it returns. The VM is
+    kept: its teardown (KVM's synchronize_srcu, many milliseconds in scheduler ticks) is no
+    part of a restore, and done between rounds it would slow the next one."""
     t0 = time.monotonic_ns()
     vm = make()
     vm.start()
-    while not (first := vm.stats()["first_serial_ns"]):
-        pass
-    vm.close()
+    first = wait_first_byte(vm)
+    vm.pause()
+    DONE.append(vm)
     return (first - t0) / 1e9
+
+
+@pytest.fixture(autouse=True)
+def _close_measured_vms():
+    yield
+    while DONE:
+        DONE.pop().close()
 
 
 def measure(benchmark, key, fn):
@@ -58,7 +81,7 @@ def test_cold_start(benchmark, size):
     image = build("beacon")
 
     def cold():
-        vm = VM.create(1, SIZES[size], debug_devices=True)
+        vm = VM.create(1, SIZES[size], devices=devices())
         vm.load_flat(image, LOAD_GPA, stack_top=STACK_TOP)
         return vm
 
@@ -70,10 +93,9 @@ def working_set(d):
     """Records the pages a restored copy touches up to its first serial byte, once per snapshot."""
     ws = d.parent / f"{d.name}.ws"
     if not ws.exists():
-        vm = VM.restore(d, Backend.UFFD)
+        vm = VM.restore(d, Backend.UFFD, devices=devices())
         vm.start()
-        while not vm.stats()["first_serial_ns"]:
-            pass
+        wait_first_byte(vm)
         vm.pause()
         vm.save_working_set(ws)
         vm.close()
@@ -85,10 +107,10 @@ def working_set(d):
 def test_restore(benchmark, guest_snapshot, size, variant):
     d, _ = guest_snapshot("beacon", SIZES[size])
     if variant == "mmap":
-        make = lambda: VM.restore(d, Backend.MMAP)  # noqa: E731
+        make = lambda: VM.restore(d, Backend.MMAP, devices=devices())  # noqa: E731
     else:
         ws = working_set(d) if variant == "uffd+ws" else None
-        make = lambda: VM.restore(d, Backend.UFFD, working_set=ws)  # noqa: E731
+        make = lambda: VM.restore(d, Backend.UFFD, working_set=ws, devices=devices())  # noqa: E731
     name = variant
     v = measure(benchmark, (size, name), lambda: first_byte_latency(make))
     report("restore latency", f"{name} {size} (ms)", v * 1e3)

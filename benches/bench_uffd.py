@@ -5,10 +5,9 @@ pages from the layer file, UFFDIO_COPY, fault-around). end-to-end rate: pages / 
 guest that does nothing but touch new pages, adding the vCPU exit and wake-up on this host.
 Target: handler rate at least 70% of the raw loop.
 """
-import pytest
 
-from conftest import report
-from vmmd._native import ffi, lib
+from conftest import devices, report
+from vmmd.native import ffi, lib
 from vmmd.native import VM, Backend
 
 MEM = 256 << 20
@@ -32,7 +31,7 @@ def test_vm_fault_service(benchmark, guest_snapshot):
     results = []
 
     def setup():
-        vm = VM.restore(d, Backend.UFFD)
+        vm = VM.restore(d, Backend.UFFD, devices=devices())
         vm.mem_write(0x8000, (1).to_bytes(8, "little"))
         return (vm,), {}
 

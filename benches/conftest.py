@@ -15,8 +15,9 @@ import msgpack
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+os.environ.setdefault("VMMD_NATIVE", "test")   # bench floors and the debug devices
 
-from guests import DATA, LOAD_GPA, PARAMS, RESULTS, STACK_TOP, build  # noqa: E402,F401
+from guests import DATA, LOAD_GPA, PARAMS, RESULTS, STACK_TOP, build, devices  # noqa: E402,F401
 
 RESULTS_TABLE: list[tuple[str, str, float, str]] = []
 
@@ -50,7 +51,7 @@ def guest_snapshot(tmp_path_factory):
         if key in made:
             return made[key]
         d = tmp_path_factory.mktemp(f"{guest}-{mem >> 20}m")
-        vm = VM.create(1, mem, debug_devices=True)
+        vm = VM.create(1, mem, devices=devices())
         vm.mem_write(PARAMS, struct.pack("<6Q", p.get("go", 0), 0, p.get("pages", 0),
                                          p.get("stride", 1), p.get("write", 0), 0))
         for i in range(fill_pages):   # distinct content, so nothing is a hole in the file

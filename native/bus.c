@@ -1,8 +1,8 @@
-/* bus.c - PIO and MMIO dispatch by address range. */
+/* bus.c - PIO and MMIO dispatch by address range to the device that owns it. */
 #include <errno.h>
 #include "internal.h"
 
-int bus_add(struct bus *b, uint64_t base, uint64_t len, bus_fn fn, void *ctx)
+int bus_add(struct bus *b, uint64_t base, uint64_t len, struct device *dev)
 {
     if (b->n >= VMM_MAX_DEVICES)
         return vmm_err(ENOSPC, "bus is full (%d ranges)", VMM_MAX_DEVICES);
@@ -22,12 +22,13 @@ int bus_add(struct bus *b, uint64_t base, uint64_t len, bus_fn fn, void *ctx)
         b->r[i] = b->r[i - 1];
         i--;
     }
-    b->r[i] = (struct bus_range){base, len, fn, ctx};
+    b->r[i] = (struct bus_range){base, len, dev};
     b->n++;
     return 0;
 }
 
-int bus_dispatch(const struct bus *b, uint64_t addr, uint8_t *data, uint32_t len, bool is_write)
+int bus_dispatch(const struct bus *b, uint64_t addr, uint8_t *data, uint32_t len, bool is_write,
+                 struct bus_req *req)
 {
     int lo = 0, hi = b->n - 1;
     while (lo <= hi) {
@@ -38,9 +39,9 @@ int bus_dispatch(const struct bus *b, uint64_t addr, uint8_t *data, uint32_t len
         else if (addr >= r->base + r->len)
             lo = mid + 1;
         else {
-            if (addr + len > r->base + r->len)
+            if (len > r->base + r->len - addr)
                 return 0;   /* straddles the end: nobody owns all of it */
-            r->fn(r->ctx, addr - r->base, data, len, is_write);
+            r->dev->ops->access(r->dev, addr - r->base, data, len, is_write, req);
             return 1;
         }
     }

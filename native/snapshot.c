@@ -1,88 +1,146 @@
 /*
  * snapshot.c - a snapshot is a directory: `vmstate` (every section) and `memory` (guest RAM at
- * linear offsets, sparse). A diff holds only pages dirtied since its parent, which it names.
+ * linear offsets, sparse). A diff holds only the pages dirtied since its parent, which it names
+ * by id and vmstate checksum (and where it was). Snapshot directories are untrusted input:
+ * nothing in them is followed through a symlink, only regular files are opened (without
+ * blocking on a FIFO), a parent that is not the one recorded is refused, and every field is
+ * checked against the others before a VM is built. Snapshots are written once: files appear
+ * under their names only when complete, and the dirty bits a snapshot covers are cleared only
+ * when it is durable.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <limits.h>
+#include <linux/fs.h>
+#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include "internal.h"
 #include "arch.h"
 
-#define CONFIG_VERSION 1
-#define MEMORY_VERSION 1
+#define MEMORY_VERSION 2           /* 2: id, parent by id + checksum */
+#define CHUNK_PAGES 256
+#define RESOLVE_STRICT (RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
 
 struct memory_section {
     uint64_t size, pages, diff;
-    char parent[PATH_MAX];
+    uint8_t id[16];
+    struct snap_id parent;         /* diff only */
     const uint8_t *bitmap;
     uint32_t bitmap_len;
 };
 
-/* Room is left for the file names we add to the directory. */
-#define DIR_MAX (PATH_MAX - 32)
+/* ---------- paths and files ---------- */
 
-static int snapshot_dir(const char *dir, char *real)
+static int openat2_(int dirfd, const char *path, uint64_t flags, uint64_t resolve)
 {
-    if (!realpath(dir, real))
-        return vmm_err(errno, "snapshot directory %s: %m", dir);
-    if (strlen(real) >= DIR_MAX)
-        return vmm_err(ENAMETOOLONG, "snapshot directory path is longer than %d bytes", DIR_MAX);
+    struct open_how how = {.flags = flags, .resolve = resolve};
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+}
+
+static const char *kind(mode_t m)
+{
+    return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO" : S_ISLNK(m) ? "a symlink" :
+           S_ISCHR(m) || S_ISBLK(m) ? "a device" : S_ISSOCK(m) ? "a socket" : "not a regular file";
+}
+
+int open_regular(int dirfd, const char *name, int flags, const char *what)
+{
+    int pfd = openat2_(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC,
+                       RESOLVE_BENEATH | RESOLVE_STRICT);
+    if (pfd < 0) {
+        if (errno == ENOENT)
+            return vmm_err(ENOENT, "%s has no %s", what, name);
+        return vmm_err(errno, "%s: %s: %m%s", what, name,
+                       errno == ELOOP || errno == EXDEV ? " (snapshot files are never followed "
+                       "through a symlink or out of their directory)" : "");
+    }
+    struct stat st;
+    if (fstat(pfd, &st) < 0) {
+        int e = errno;
+        close(pfd);
+        return vmm_err(e, "%s: stat %s: %s", what, name, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(pfd);
+        return vmm_err(EINVAL, "%s: %s is %s, not a regular file", what, name, kind(st.st_mode));
+    }
+    char proc[64];
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd);
+    int fd = open(proc, flags | O_CLOEXEC);   /* the same inode, checked above */
+    int e = errno;
+    close(pfd);
+    return fd < 0 ? vmm_err(e, "%s: open %s: %s", what, name, strerror(e)) : fd;
+}
+
+static int fd_path(int fd, char *out, size_t len)
+{
+    char proc[64];
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(proc, out, len - 1);
+    if (n < 0 || (size_t)n >= len - 32)
+        return vmm_err(n < 0 ? errno : ENAMETOOLONG, "the path of a snapshot directory: %s",
+                       n < 0 ? strerror(errno) : "too long");
+    out[n] = 0;
     return 0;
 }
 
-/* ---------- encoding ---------- */
+/* `path` beneath `root` (if given): absolute paths must lie under it, nothing is followed. */
+static int open_dir_in(const char *root, int basefd, const char *path, int *fd)
+{
+    int rfd = -1, r = 0;
+    const char *rel = path;
+    uint64_t resolve = RESOLVE_STRICT;
+    if (root) {
+        char real[PATH_MAX];
+        if (!realpath(root, real))
+            return vmm_err(errno, "snapshot root %s: %m", root);
+        size_t n = strlen(real);
+        if (path[0] == '/') {
+            if (strncmp(path, real, n) != 0 || (path[n] != '/' && path[n] != 0))
+                return vmm_err(EXDEV, "snapshot %s is not beneath the snapshot root %s", path,
+                               real);
+            rel = path[n] ? path + n + 1 : ".";
+            if (!*rel)
+                rel = ".";
+            if ((rfd = open(real, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+                return vmm_err(errno, "snapshot root %s: %m", real);
+            basefd = rfd;
+        }
+        resolve |= RESOLVE_BENEATH;
+    }
+    *fd = openat2_(basefd, rel, O_PATH | O_DIRECTORY | O_CLOEXEC, resolve);
+    if (*fd < 0)
+        r = vmm_err(errno, "snapshot directory %s: %m%s", path,
+                    errno == ELOOP ? " (snapshot paths are never followed through a symlink)" :
+                    errno == EXDEV ? " (it is outside the snapshot root)" : "");
+    if (rfd >= 0)
+        close(rfd);
+    return r;
+}
 
-static int encode_body(struct vmm *vm, struct enc *e, const struct memory_section *ms)
+/* The caller's own directory: trusted as given, resolved to where it really is. */
+static int open_own_dir(const char *root, const char *dir, int *fd, char *real)
 {
     int r;
-    enc_map(e, ms ? 5 : 4);
-    enc_str(e, "config");
-    enc_map(e, 4);
-    enc_kv_uint(e, "v", CONFIG_VERSION);
-    enc_kv_uint(e, "vcpus", vm->cfg.vcpus);
-    enc_kv_uint(e, "mem_size", vm->cfg.mem_size);
-    enc_kv_uint(e, "debug_devices", (uint64_t)vm->cfg.debug_devices);
-    if (ms) {
-        enc_str(e, "memory");
-        enc_map(e, 7);
-        enc_kv_uint(e, "v", MEMORY_VERSION);
-        enc_kv_uint(e, "size", ms->size);
-        enc_kv_uint(e, "page_size", PAGE_SIZE);
-        enc_kv_uint(e, "diff", ms->diff);
-        enc_kv_str(e, "parent", ms->parent);
-        enc_kv_uint(e, "pages", ms->pages);
-        enc_kv_bin(e, "bitmap", ms->bitmap, ms->bitmap_len);
+    if (root)
+        r = open_dir_in(root, AT_FDCWD, dir, fd);
+    else if ((*fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+        r = vmm_err(errno, "snapshot directory %s: %m", dir);
+    else
+        r = 0;
+    if (!r && (r = fd_path(*fd, real, PATH_MAX))) {
+        close(*fd);
+        *fd = -1;
     }
-    enc_str(e, "vm");
-    if ((r = arch_vm_save(vm, e)))
-        return r;
-    enc_str(e, "vcpu");
-    enc_array(e, vm->cfg.vcpus);
-    for (unsigned i = 0; i < vm->cfg.vcpus; i++)
-        if ((r = arch_vcpu_save(vm, &vm->vcpus[i], e)))
-            return r;
-    enc_str(e, "devices");
-    enc_map(e, (uint32_t)vm->ndevices);
-    for (int i = 0; i < vm->ndevices; i++) {
-        enc_str(e, vm->devices[i].ops->name);
-        if ((r = vm->devices[i].ops->save(vm->devices[i].dev, e)))
-            return vmm_err_ctx(r, "saving device %s", vm->devices[i].ops->name);
-    }
-    return e->err ? vmm_err(-e->err, "out of memory encoding vmstate") : 0;
-}
-
-static int require_quiet(struct vmm *vm)
-{
-    int st = vmm_get_state(vm);
-    if (st != VMM_STATE_PAUSED && st != VMM_STATE_CREATED)
-        return vmm_err(EBUSY, "pause the VM first: state is read only while vCPUs are parked "
-                       "(state %d)", st);
-    return 0;
+    return r;
 }
 
 static int write_all(int fd, const void *buf, size_t len, off_t off)
@@ -102,25 +160,73 @@ static int write_all(int fd, const void *buf, size_t len, off_t off)
     return 0;
 }
 
-/* Written beside, synced, renamed: a crash leaves the old file or the new one. */
-static int write_file_atomic(const char *dir, const char *name, const void *buf, size_t len)
+/* A file with no name in dirfd until tmp_link gives it one: nothing half-written is ever seen,
+ * and no name is opened that a symlink could redirect. */
+static int tmp_open(int dirfd, const char *what)
 {
-    char tmp[PATH_MAX], dst[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name);
-    snprintf(dst, sizeof(dst), "%s/%s", dir, name);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0)
-        return vmm_err(errno, "create %s: %m", tmp);
-    int r = write_all(fd, buf, len, 0);
-    if (!r && fsync(fd) < 0)
-        r = vmm_err(errno, "fsync %s: %m", tmp);
+        return vmm_err(errno, "a temporary file for %s: %m (the filesystem needs O_TMPFILE)", what);
+    return fd;
+}
+
+/* Gives the temp file `name`; refuses to replace one unless `replace`. */
+static int tmp_link(int dirfd, int fd, const char *name, bool replace)
+{
+    char proc[64], tmp[64];
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    if (fsync(fd) < 0)
+        return vmm_err(errno, "fsync %s: %m", name);
+    if (!replace) {
+        if (linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW) < 0)
+            return vmm_err(errno, "naming %s: %m", name);
+        return 0;
+    }
+    uint64_t rnd;
+    if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+        return vmm_err(errno, "getrandom: %m");
+    snprintf(tmp, sizeof(tmp), ".%s.%016llx", name, (unsigned long long)rnd);
+    if (linkat(AT_FDCWD, proc, dirfd, tmp, AT_SYMLINK_FOLLOW) < 0)
+        return vmm_err(errno, "naming a temporary for %s: %m", name);
+    if (renameat(dirfd, tmp, dirfd, name) < 0) {
+        int e = errno;
+        unlinkat(dirfd, tmp, 0);
+        return vmm_err(e, "renaming into %s: %s", name, strerror(e));
+    }
+    return 0;
+}
+
+static int fsync_dirfd(int dirfd, const char *what)
+{
+    int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return vmm_err(errno, "open %s: %m", what);
+    int r = fsync(fd) < 0 ? vmm_err(errno, "fsync %s: %m", what) : 0;
     close(fd);
-    if (!r && rename(tmp, dst) < 0)
-        r = vmm_err(errno, "rename to %s: %m", dst);
-    if (r)
-        unlink(tmp);
     return r;
 }
+
+int publish_file(const char *path, const void *buf, size_t len)
+{
+    char copy[PATH_MAX];
+    snprintf(copy, sizeof(copy), "%s", path);
+    char *base = basename(copy);
+    char dcopy[PATH_MAX];
+    snprintf(dcopy, sizeof(dcopy), "%s", path);
+    const char *dir = dirname(dcopy);
+    int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return vmm_err(errno, "directory of %s: %m", path);
+    int fd = tmp_open(dfd, path), r = fd < 0 ? fd : 0;
+    if (!r && !(r = write_all(fd, buf, len, 0)) && !(r = tmp_link(dfd, fd, base, true)))
+        r = fsync_dirfd(dfd, dir);
+    if (fd >= 0)
+        close(fd);
+    close(dfd);
+    return r;
+}
+
+/* ---------- writing ---------- */
 
 static bool page_is_zero(const uint8_t *p)
 {
@@ -131,42 +237,73 @@ static bool page_is_zero(const uint8_t *p)
     return true;
 }
 
+static bool in_set(const uint64_t *set, uint64_t pg)
+{
+    return !set || (set[pg >> 6] >> (pg & 63)) & 1;
+}
+
+static bool any_in(const uint64_t *set, uint64_t first, uint64_t n)
+{
+    if (!set)
+        return true;
+    for (uint64_t p = first; p < first + n; p++)
+        if (in_set(set, p))
+            return true;
+    return false;
+}
+
 /*
- * Writes the pages set in `bm` into dir/.memory.tmp; zero pages stay holes. `nonzero` gets the
- * pages that hold data, so a full snapshot can list exactly those.
+ * Writes the pages in `set` (NULL: all) into fd, each read from where its content is; zero
+ * pages stay holes. `listed` gets what the memory section lists: for a diff every page in the
+ * set (a zeroed page must hide its parent's), for a full snapshot the pages holding data.
  */
-static int write_memory(struct vmm *vm, const char *dir, const uint8_t *bm, uint8_t *nonzero)
+static int write_memory(struct vmm *vm, int fd, const uint64_t *set, uint8_t *listed)
 {
     struct guest_mem *m = &vm->mem;
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s/.memory.tmp", dir);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return vmm_err(errno, "create %s: %m", tmp);
-    int r = 0;
-    if (ftruncate(fd, (off_t)m->size) < 0)
-        r = vmm_err(errno, "ftruncate %s: %m", tmp);
-    uint64_t run_start = 0, run_len = 0;
-    for (uint64_t p = 0; !r && p <= m->npages; p++) {
-        bool take = p < m->npages && bit_test(bm, p) && !page_is_zero(m->base + p * PAGE_SIZE);
-        if (take)
-            bit_set(nonzero, p);
-        if (take && run_len && run_start + run_len == p) {
-            run_len++;
+    uint8_t *buf = malloc(CHUNK_PAGES * PAGE_SIZE);
+    int8_t src[CHUNK_PAGES];
+    if (!buf)
+        return vmm_err(ENOMEM, "out of memory for the snapshot buffer");
+    int r = ftruncate(fd, (off_t)m->size) < 0 ? vmm_err(errno, "ftruncate memory: %m") : 0;
+    for (uint64_t first = 0; first < m->npages && !r; first += CHUNK_PAGES) {
+        uint64_t n = m->npages - first < CHUNK_PAGES ? m->npages - first : CHUNK_PAGES;
+        if (!any_in(set, first, n))
             continue;
+        if ((r = mem_page_sources(m, first, n, src)))
+            break;
+        for (uint64_t i = 0; i < n && !r;) {
+            if (!in_set(set, first + i) || src[i] == PAGE_ZERO) {
+                i++;
+                continue;
+            }
+            uint64_t j = i + 1;
+            while (j < n && in_set(set, first + j) && src[j] == src[i])
+                j++;
+            r = mem_read_src(m, first + i, j - i, src[i], buf + i * PAGE_SIZE);
+            i = j;
         }
-        if (run_len)
-            r = write_all(fd, m->base + run_start * PAGE_SIZE, run_len * PAGE_SIZE,
-                          (off_t)(run_start * PAGE_SIZE));
-        run_start = p;
-        run_len = take ? 1 : 0;
+        for (uint64_t i = 0; i < n && !r;) {
+            bool data = in_set(set, first + i) && src[i] != PAGE_ZERO &&
+                        !page_is_zero(buf + i * PAGE_SIZE);
+            if (in_set(set, first + i) && (set || data))
+                bit_set(listed, first + i);
+            if (!data) {
+                i++;
+                continue;
+            }
+            uint64_t j = i + 1;
+            while (j < n && in_set(set, first + j) && src[j] != PAGE_ZERO &&
+                   !page_is_zero(buf + j * PAGE_SIZE)) {
+                bit_set(listed, first + j);
+                j++;
+            }
+            r = write_all(fd, buf + i * PAGE_SIZE, (j - i) * PAGE_SIZE,
+                          (off_t)((first + i) * PAGE_SIZE));
+            i = j;
+        }
     }
-    if (!r && fsync(fd) < 0)
-        r = vmm_err(errno, "fsync %s: %m", tmp);
-    close(fd);
-    if (r)
-        unlink(tmp);
-    return r;
+    free(buf);
+    return r ? r : gm_done(m);   /* a page server that died meanwhile fails the snapshot */
 }
 
 static uint64_t count_bits(const uint8_t *bm, uint64_t n)
@@ -177,105 +314,184 @@ static uint64_t count_bits(const uint8_t *bm, uint64_t n)
     return c;
 }
 
-/*
- * A snapshot directory is written once: overwriting one in place could leave a new memory file
- * beside an old vmstate after a crash, or pull pages from under a VM restored from it.
- */
-static int check_fresh(const char *dir)
+static int encode_memory(struct enc *e, const void *ctx)
 {
-    char path[PATH_MAX];
-    struct stat st;
-    snprintf(path, sizeof(path), "%s/vmstate", dir);
-    if (stat(path, &st) == 0)
-        return vmm_err(EEXIST, "%s already holds a snapshot; write the new one to another "
-                       "directory (and rename it into place if it must replace the old)", dir);
+    const struct memory_section *ms = ctx;
+    enc_map(e, ms->diff ? 8 : 7);
+    enc_kv_uint(e, "v", MEMORY_VERSION);
+    enc_kv_uint(e, "size", ms->size);
+    enc_kv_uint(e, "page_size", PAGE_SIZE);
+    enc_kv_uint(e, "diff", ms->diff);
+    enc_kv_uint(e, "pages", ms->pages);
+    enc_kv_bin(e, "bitmap", ms->bitmap, ms->bitmap_len);
+    enc_kv_bin(e, "id", ms->id, sizeof(ms->id));
+    if (ms->diff) {
+        enc_str(e, "parent");
+        enc_map(e, 3);
+        enc_kv_bin(e, "id", ms->parent.id, sizeof(ms->parent.id));
+        enc_kv_uint(e, "checksum", ms->parent.checksum);
+        enc_kv_str(e, "path", ms->parent.path);
+    }
     return 0;
 }
 
-static int fsync_dir(const char *dir)
+static int require_quiet(struct vmm *vm)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return vmm_err(errno, "open %s: %m", dir);
-    int r = fsync(fd) < 0 ? vmm_err(errno, "fsync %s: %m", dir) : 0;
-    close(fd);
+    int st = vm_state_locked(vm);
+    if (st == VMM_STATE_FAILED) {
+        pthread_mutex_lock(&vm->lock);
+        int r = vmm_err(EIO, "the VM failed, so it has no state to read: %s", vm->message);
+        pthread_mutex_unlock(&vm->lock);
+        return r;
+    }
+    if (st != VMM_STATE_PAUSED && st != VMM_STATE_CREATED)
+        return vmm_err(EBUSY, "pause the VM first: state is read only while vCPUs are parked "
+                       "(state %d)", st);
+    return 0;
+}
+
+static uint32_t trailer_crc(const struct enc *file)
+{
+    const uint8_t *p = file->buf + file->len - 4;
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Writes memory then vmstate into dfd; on success *crc is the vmstate's checksum. */
+static int write_snapshot(struct vmm *vm, int dfd, const char *real, bool diff,
+                          const uint64_t *set, struct memory_section *ms, uint32_t *crc)
+{
+    struct guest_mem *m = &vm->mem;
+    uint8_t *listed = calloc(1, bitmap_bytes(m->npages));
+    struct enc body, file;
+    enc_init(&body);
+    enc_init(&file);
+    bool linked = false;
+    int fd = -1, r = listed ? 0 : vmm_err(ENOMEM, "out of memory for the page bitmap");
+    if (!r && (fd = tmp_open(dfd, "memory")) < 0)
+        r = fd;
+    if (!r)
+        r = write_memory(vm, fd, set, listed);
+    if (!r && vm->inject_snapshot_fail) {
+        vm->inject_snapshot_fail = 0;
+        r = vmm_err(EIO, "injected failure after writing memory");
+    }
+    if (!r && !(r = tmp_link(dfd, fd, "memory", false)))
+        linked = true;
+    if (fd >= 0)
+        close(fd);
+    fd = -1;
+    if (!r) {
+        ms->size = m->size;
+        ms->diff = diff;
+        ms->bitmap = listed;
+        ms->bitmap_len = (uint32_t)bitmap_bytes(m->npages);
+        ms->pages = count_bits(listed, m->npages);
+        if (getrandom(ms->id, sizeof(ms->id), 0) != sizeof(ms->id))
+            r = vmm_err(errno, "getrandom: %m");
+    }
+    if (!r && !(r = vmstate_encode(vm, &body, encode_memory, ms)))
+        r = vmstate_frame(&body, &file);
+    if (!r)
+        r = gm_done(m);   /* checked again before the snapshot gets its vmstate */
+    if (!r && (fd = tmp_open(dfd, "vmstate")) < 0)
+        r = fd;
+    if (!r && !(r = write_all(fd, file.buf, file.len, 0)))
+        r = tmp_link(dfd, fd, "vmstate", false);
+    if (fd >= 0)
+        close(fd);
+    if (!r)
+        r = fsync_dirfd(dfd, real);
+    if (!r)
+        *crc = trailer_crc(&file);
+    else if (linked) {
+        unlinkat(dfd, "vmstate", 0);
+        unlinkat(dfd, "memory", 0);
+    }
+    enc_free(&body);
+    enc_free(&file);
+    free(listed);
     return r;
 }
 
-int vmm_snapshot(struct vmm *vm, const char *dir, const struct vmm_snapshot_opts *opts)
+/*
+ * A snapshot directory is written once: overwriting one in place could leave a new memory file
+ * beside an old vmstate after a crash, or pull pages from under a VM restored from it. A memory
+ * file without a vmstate is what a crash mid-snapshot leaves; it is replaced.
+ */
+static int check_fresh(int dfd, const char *real)
 {
-    bool diff = opts && opts->diff;
+    struct stat st;
+    if (fstatat(dfd, "vmstate", &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return vmm_err(EEXIST, "%s already holds a snapshot; write the new one to another "
+                       "directory (and rename it into place if it must replace the old)", real);
+    if (fstatat(dfd, "memory", &st, AT_SYMLINK_NOFOLLOW) == 0 && unlinkat(dfd, "memory", 0) < 0)
+        return vmm_err(errno, "%s holds a memory file of an unfinished snapshot that cannot be "
+                       "removed (%m)", real);
+    return 0;
+}
+
+static int snapshot_locked(struct vmm *vm, const char *dir, bool diff)
+{
     int r = require_quiet(vm);
     if (r)
         return r;
-    char real[PATH_MAX];
-    if ((r = snapshot_dir(dir, real)))
-        return r;
-    if ((r = check_fresh(real)))
-        return r;
-    if (diff && !vm->parent[0])
+    if (diff && !vm->has_parent)
         return vmm_err(EINVAL, "a diff snapshot needs a parent: take a full snapshot of this VM "
                        "first, or restore it from one");
     if (diff && !vm->cfg.track_dirty)
         return vmm_err(EINVAL, "a diff snapshot needs dirty tracking: create or restore the VM "
                        "with track_dirty");
-    struct guest_mem *m = &vm->mem;
-    uint8_t *bm = calloc(1, bitmap_bytes(m->npages)), *nonzero = calloc(1, bitmap_bytes(m->npages));
-    if (!bm || !nonzero) {
-        free(bm);
-        free(nonzero);
-        return vmm_err(ENOMEM, "out of memory for the page bitmap");
+    char *real = malloc(PATH_MAX);
+    struct memory_section *ms = calloc(1, sizeof(*ms));
+    size_t words = bitmap_words(vm->mem.npages);
+    uint64_t *covered = calloc(words, sizeof(uint64_t));
+    int dfd = -1;
+    if (!real || !ms || !covered) {
+        r = vmm_err(ENOMEM, "out of memory for a snapshot");
+        goto out;
     }
-    /* Reading the dirty log also resets it: the next diff starts at this snapshot. */
-    if (vm->cfg.track_dirty)
-        r = mem_dirty_bitmap(vm, bm);
-    if (!r && !diff) {
-        /* anonymous memory: skip what was never populated instead of faulting it in to look */
-        if (m->backend == VMM_MEM_ANON) {
-            memset(bm, 0, bitmap_bytes(m->npages));
-            r = mem_populated(m, bm);
-        } else {
-            memset(bm, 0xff, bitmap_bytes(m->npages));   /* bits past npages are never read */
-        }
+    if ((r = open_own_dir(NULL, dir, &dfd, real)) || (r = check_fresh(dfd, real)))
+        goto out;
+    /* KVM's log moves into the VM's dirty bits, which only a durable snapshot clears */
+    if ((r = mem_harvest_dirty(vm)))
+        goto out;
+    uint64_t dirty = 0;
+    for (size_t i = 0; i < words; i++) {
+        covered[i] = atomic_load(&vm->mem.dirty[i]);
+        dirty += (uint64_t)__builtin_popcountll(covered[i]);
     }
-    if (!r)
-        r = write_memory(vm, real, bm, nonzero);
-    /* A diff lists every dirtied page (a zeroed one must hide its parent's); a full snapshot
-     * lists only the pages holding data, so uffd zero-fills the rest without reading. */
-    const uint8_t *listed = diff ? bm : nonzero;
-    struct memory_section ms = {.size = m->size, .diff = diff, .bitmap = listed,
-                                .bitmap_len = (uint32_t)bitmap_bytes(m->npages),
-                                .pages = count_bits(listed, m->npages)};
+    atomic_store(&vm->st.dirty_pages, dirty);
     if (diff)
-        snprintf(ms.parent, sizeof(ms.parent), "%s", vm->parent);
-    struct enc body, file;
-    enc_init(&body);
-    enc_init(&file);
-    if (!r)
-        r = encode_body(vm, &body, &ms);
-    if (!r)
-        r = vmstate_frame(&body, &file);
-    char tmp[PATH_MAX], dst[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s/.memory.tmp", real);
-    snprintf(dst, sizeof(dst), "%s/memory", real);
-    if (!r && rename(tmp, dst) < 0)
-        r = vmm_err(errno, "rename to %s: %m", dst);
-    if (!r)
-        r = write_file_atomic(real, "vmstate", file.buf, file.len);
-    if (!r)
-        r = fsync_dir(real);
-    if (r)
-        unlink(tmp);
-    else
-        snprintf(vm->parent, sizeof(vm->parent), "%s", real);
-    enc_free(&body);
-    enc_free(&file);
-    free(bm);
-    free(nonzero);
+        ms->parent = vm->parent;
+    uint32_t crc;
+    if ((r = write_snapshot(vm, dfd, real, diff, diff ? covered : NULL, ms, &crc)))
+        goto out;
+    for (size_t i = 0; i < words; i++)
+        atomic_fetch_and(&vm->mem.dirty[i], ~covered[i]);
+    memcpy(vm->parent.id, ms->id, sizeof(ms->id));
+    vm->parent.checksum = crc;
+    snprintf(vm->parent.path, sizeof(vm->parent.path), "%s", real);
+    vm->has_parent = true;
+out:
+    if (dfd >= 0)
+        close(dfd);
+    free(real);
+    free(ms);
+    free(covered);
     return r;
 }
 
-/* ---------- decoding ---------- */
+int vmm_snapshot(struct vmm *vm, const char *dir, const struct vmm_snapshot_opts *opts)
+{
+    int r = vm_op_begin(vm);
+    if (r)
+        return r;
+    r = snapshot_locked(vm, dir, opts && opts->diff);
+    vm_op_end(vm);
+    return r;
+}
+
+/* ---------- reading ---------- */
 
 struct parsed {
     uint8_t *buf;
@@ -283,84 +499,121 @@ struct parsed {
     struct dec_map root;
 };
 
-static int parse_dir(const char *dir, struct parsed *p)
+static int parse_dir(int dfd, const char *path, struct parsed *p)
 {
-    char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/vmstate", dir);
     memset(p, 0, sizeof(*p));
-    int r = vmstate_read_file(path, &p->buf, &p->len);
+    int fd = open_regular(dfd, "vmstate", O_RDONLY | O_NONBLOCK, path);
+    if (fd == -ENOENT)
+        return vmm_err(ENOENT, "%s is not a snapshot: it has no vmstate", path);
+    if (fd < 0)
+        return fd;
+    int r = vmstate_read_fd(fd, "vmstate", &p->buf, &p->len);
+    close(fd);
     if (r)
-        return errno == ENOENT || r == -ENOENT
-                   ? vmm_err(ENOENT, "%s is not a snapshot: it has no vmstate", dir) : r;
+        return r;
     if ((r = vmstate_parse(p->buf, p->len, &p->root))) {
         free(p->buf);
         p->buf = NULL;
-        return vmm_err_ctx(r, "%s", path);
+        return vmm_err_ctx(r, "%s/vmstate", path);
     }
     return 0;
 }
 
-static int get_section(const struct dec_map *root, const char *name, uint32_t max,
-                       struct dec_map *out)
+static uint32_t parsed_crc(const struct parsed *p)
 {
-    int r = dec_get_map(root, name, out);
-    if (!r)
-        r = vmstate_check_version(out, name, max);
-    return r;
+    const uint8_t *t = p->buf + p->len - 4;
+    return (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 | (uint32_t)t[3] << 24;
 }
 
 static int read_memory_section(const struct dec_map *root, struct memory_section *ms)
 {
-    struct dec_map m;
-    uint64_t page_size;
-    int r = get_section(root, "memory", MEMORY_VERSION, &m);
+    struct dec_map m, par;
+    uint64_t page_size, v;
+    memset(ms, 0, sizeof(*ms));
+    int r = dec_get_map(root, "memory", &m);
+    if (!r)
+        r = vmstate_check_version(&m, "memory", MEMORY_VERSION);
+    if (!r && !(r = dec_get_uint(&m, "v", &v)) && v < MEMORY_VERSION)
+        r = vmm_err(EPROTONOSUPPORT, "vmstate section memory is version %llu, older than this "
+                    "build reads (%d): take the snapshot again", (unsigned long long)v,
+                    MEMORY_VERSION);
     if (r || (r = dec_get_uint(&m, "size", &ms->size)) ||
         (r = dec_get_uint(&m, "page_size", &page_size)) ||
         (r = dec_get_uint(&m, "diff", &ms->diff)) ||
         (r = dec_get_uint(&m, "pages", &ms->pages)) ||
-        (r = dec_get_str(&m, "parent", ms->parent, sizeof(ms->parent))) ||
-        (r = dec_get_bin(&m, "bitmap", &ms->bitmap, &ms->bitmap_len)))
+        (r = dec_get_bin(&m, "bitmap", &ms->bitmap, &ms->bitmap_len)) ||
+        (r = dec_get_bin_exact(&m, "id", ms->id, sizeof(ms->id))))
         return r;
     if (page_size != PAGE_SIZE)
         return vmm_err(EINVAL, "snapshot pages are %llu bytes; this build uses %llu",
                        (unsigned long long)page_size, PAGE_SIZE);
+    uint64_t npages = ms->size / PAGE_SIZE;
     if (ms->size % PAGE_SIZE || ms->size > VMM_MAX_MEM || ms->size < VMM_MIN_MEM ||
-        ms->bitmap_len != bitmap_bytes(ms->size / PAGE_SIZE))
+        ms->bitmap_len != bitmap_bytes(npages))
         return vmm_err(EINVAL, "snapshot memory section is inconsistent: %llu bytes, bitmap of %u",
                        (unsigned long long)ms->size, ms->bitmap_len);
-    if (ms->diff && !ms->parent[0])
-        return vmm_err(EINVAL, "diff snapshot names no parent");
+    if (npages % 8 && (ms->bitmap[ms->bitmap_len - 1] >> (npages % 8)))
+        return vmm_err(EINVAL, "snapshot memory bitmap lists pages past the end of memory");
+    if (count_bits(ms->bitmap, npages) != ms->pages)
+        return vmm_err(EINVAL, "snapshot memory section says %llu pages, its bitmap lists %llu",
+                       (unsigned long long)ms->pages,
+                       (unsigned long long)count_bits(ms->bitmap, npages));
+    if (ms->diff > 1)
+        return vmm_err(EINVAL, "snapshot memory section: diff=%llu", (unsigned long long)ms->diff);
+    r = dec_get_map(&m, "parent", &par);
+    if (ms->diff && r)
+        return r == -ENOENT ? vmm_err(EINVAL, "diff snapshot names no parent") : r;
+    if (!ms->diff && !r)
+        return vmm_err(EINVAL, "a full snapshot names a parent");
+    if (ms->diff) {
+        uint64_t crc;
+        if ((r = dec_get_bin_exact(&par, "id", ms->parent.id, sizeof(ms->parent.id))) ||
+            (r = dec_get_uint(&par, "checksum", &crc)) ||
+            (r = dec_get_str(&par, "path", ms->parent.path, sizeof(ms->parent.path))))
+            return r;
+        if (crc > UINT32_MAX || !ms->parent.path[0])
+            return vmm_err(EINVAL, "diff snapshot's parent reference is malformed");
+        ms->parent.checksum = (uint32_t)crc;
+    }
     return 0;
 }
 
-/* Opens dir/memory and copies the layer's bitmap: one link of the chain. */
-static int open_layer(const char *dir, const struct memory_section *ms, struct mem_layer *l)
+/* Opens dir/memory (a regular file of exactly the memory's size) and copies the bitmap. */
+static int open_layer(int dfd, const char *path, const struct memory_section *ms,
+                      struct mem_layer *l)
 {
-    char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/memory", dir);
     l->bitmap = NULL;
-    l->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (l->fd < 0)
-        return vmm_err(errno, "snapshot %s: memory file %s: %m", dir, path);
+    l->fd = open_regular(dfd, "memory", O_RDONLY | O_NONBLOCK, path);
+    if (l->fd < 0) {
+        int r = l->fd;
+        l->fd = -1;
+        return r == -ENOENT ? vmm_err(ENOENT, "snapshot %s: its memory file is missing", path) : r;
+    }
     struct stat st;
-    if (fstat(l->fd, &st) < 0 || (uint64_t)st.st_size < ms->size)
-        return vmm_err(EINVAL, "snapshot %s: memory file is %lld bytes, the snapshot needs %llu",
-                       dir, (long long)st.st_size, (unsigned long long)ms->size);
+    if (fstat(l->fd, &st) < 0 || (uint64_t)st.st_size != ms->size)
+        return vmm_err(EINVAL, "snapshot %s: memory file is %lld bytes, the snapshot says %llu",
+                       path, (long long)st.st_size, (unsigned long long)ms->size);
     if (!(l->bitmap = malloc(ms->bitmap_len)))
         return vmm_err(ENOMEM, "out of memory for a layer bitmap");
     memcpy(l->bitmap, ms->bitmap, ms->bitmap_len);
     return 0;
 }
 
-/* Walks diff -> parent -> ... -> full, opening every memory file, newest first. */
-static int open_chain(const char *dir, const struct memory_section *top, struct mem_layer *layers,
-                      int *n)
+/*
+ * Walks diff -> parent -> ... -> full, newest first, opening every memory file. Each parent is
+ * found where its child recorded it (beneath `root` if given, never through a symlink) and must
+ * be the very snapshot the child was taken on: same id, same vmstate checksum.
+ */
+static int open_chain(const char *root, int dfd, const char *path,
+                      const struct memory_section *top, struct mem_layer *layers, int *n)
 {
     struct memory_section ms = *top;
     struct parsed p = {0};          /* owns ms.bitmap once we are past the top */
-    char cur[PATH_MAX], parent[PATH_MAX];
-    int r = 0;
-    snprintf(cur, sizeof(cur), "%s", dir);
+    char *cur = malloc(PATH_MAX);
+    int cfd = dfd, r = 0;
+    if (!cur)
+        return vmm_err(ENOMEM, "out of memory");
+    snprintf(cur, PATH_MAX, "%s", path);
     *n = 0;
     for (;;) {
         if (*n == VMM_MAX_LAYERS) {
@@ -369,197 +622,193 @@ static int open_chain(const char *dir, const struct memory_section *top, struct 
             break;
         }
         struct mem_layer *l = &layers[(*n)++];
-        if ((r = open_layer(cur, &ms, l)) || !ms.diff)
+        if ((r = open_layer(cfd, cur, &ms, l)) || !ms.diff)
             break;
-        uint64_t want = ms.size;
-        snprintf(parent, sizeof(parent), "%s", ms.parent);
+        struct snap_id want = ms.parent;
+        uint64_t size = ms.size;
+        int pfd;
+        if ((r = open_dir_in(root, cfd, want.path, &pfd))) {
+            r = vmm_err_ctx(r, "parent of %s", cur);
+            break;
+        }
+        if (cfd != dfd)
+            close(cfd);
+        cfd = pfd;
         free(p.buf);
-        p.buf = NULL;
-        if ((r = parse_dir(parent, &p))) {
+        if ((r = parse_dir(cfd, want.path, &p))) {
             r = vmm_err_ctx(r, "parent of %s", cur);
             break;
         }
         if ((r = read_memory_section(&p.root, &ms)))
             break;
-        if (ms.size != want) {
-            r = vmm_err(EINVAL, "parent %s has %llu bytes of memory, its child %llu", parent,
-                        (unsigned long long)ms.size, (unsigned long long)want);
+        if (memcmp(ms.id, want.id, sizeof(want.id)) != 0 || parsed_crc(&p) != want.checksum) {
+            r = vmm_err(ESTALE, "%s is not the snapshot %s was taken on (id or checksum differ): "
+                        "the parent was replaced; restore from a full snapshot", want.path, cur);
             break;
         }
-        snprintf(cur, sizeof(cur), "%s", parent);
+        if (ms.size != size) {
+            r = vmm_err(EINVAL, "parent %s has %llu bytes of memory, its child %llu", want.path,
+                        (unsigned long long)ms.size, (unsigned long long)size);
+            break;
+        }
+        snprintf(cur, PATH_MAX, "%s", want.path);
     }
+    if (cfd != dfd)
+        close(cfd);
     free(p.buf);
+    free(cur);
     return r;
 }
 
-static int read_config(const struct dec_map *root, struct vmm_config *cfg)
+static int read_top(const char *root, const char *dir, int *dfd, char *real, struct parsed *p,
+                    struct vmm_config *cfg, struct memory_section *ms)
 {
     struct dec_map c;
-    uint64_t vcpus, mem, dbg;
-    int r = get_section(root, "config", CONFIG_VERSION, &c);
-    if (r || (r = dec_get_uint(&c, "vcpus", &vcpus)) || (r = dec_get_uint(&c, "mem_size", &mem)) ||
-        (r = dec_get_uint(&c, "debug_devices", &dbg)))
+    int r = open_own_dir(root, dir, dfd, real);
+    if (r)
         return r;
-    if (vcpus < 1 || vcpus > VMM_MAX_VCPUS || mem > VMM_MAX_MEM)
-        return vmm_err(EINVAL, "snapshot config out of range: %llu vCPUs, %llu bytes",
-                       (unsigned long long)vcpus, (unsigned long long)mem);
-    cfg->vcpus = (unsigned)vcpus;
-    cfg->mem_size = mem;
-    cfg->debug_devices = dbg != 0;
+    if ((r = parse_dir(*dfd, real, p)))
+        return r;
+    if ((r = vmstate_read_config(&p->root, cfg, &c)) || (r = read_memory_section(&p->root, ms)))
+        return r;
+    if (ms->size != cfg->mem_size)
+        return vmm_err(EINVAL, "snapshot memory is %llu bytes, its config says %llu",
+                       (unsigned long long)ms->size, cfg->mem_size);
     return 0;
 }
 
-static const struct device *find_device(struct vmm *vm, const char *name, size_t len)
+static int open_working_set(const char *path)
 {
-    for (int i = 0; i < vm->ndevices; i++)
-        if (strlen(vm->devices[i].ops->name) == len &&
-            memcmp(vm->devices[i].ops->name, name, len) == 0)
-            return &vm->devices[i];
-    return NULL;
+    char a[PATH_MAX], b[PATH_MAX];
+    snprintf(a, sizeof(a), "%s", path);
+    snprintf(b, sizeof(b), "%s", path);
+    int dfd = open(dirname(a), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return vmm_err(errno, "working set %s: %m", path);
+    int fd = open_regular(dfd, basename(b), O_RDONLY | O_NONBLOCK, "working set");
+    close(dfd);
+    return fd;
 }
 
-/* Every section present, known, and not newer than this build, before any of it is applied. */
-static int check_sections(struct vmm *vm, const struct dec_map *root)
+static int restore_into(struct vmm *vm, const struct parsed *p, const struct vmm_restore_opts *o)
 {
-    struct dec_map m;
-    struct dec_val v;
-    int r;
-    if ((r = get_section(root, "vm", ARCH_VM_STATE_VERSION, &m)))
+    struct decoded_state *ds;
+    int r = vmstate_decode(vm, &p->root, &ds);
+    if (r)
         return r;
-    if ((r = dec_get(root, "vcpu", DEC_ARRAY, &v)))
-        return r;
-    if (v.u != vm->cfg.vcpus)
-        return vmm_err(EINVAL, "vmstate has %llu vCPU sections for %u vCPUs",
-                       (unsigned long long)v.u, vm->cfg.vcpus);
-    const uint8_t *p = v.p;
-    for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
-        struct dec_val c;
-        if ((r = dec_next(&p, v.end, &c)) || (r = dec_as_map(&c, &m, "vcpu")) ||
-            (r = vmstate_check_version(&m, "vcpu", ARCH_VCPU_STATE_VERSION)))
-            return r;
+    r = vmstate_apply(vm, ds);
+    vmstate_free(ds);
+    if (!r && o->backend == VMM_MEM_UFFD && o->working_set) {
+        int fd = open_working_set(o->working_set);
+        if (fd < 0)
+            return fd;
+        r = uffd_prefetch(vm, fd, o->working_set);
+        close(fd);
     }
-    struct dec_map devs;
-    if ((r = dec_get_map(root, "devices", &devs)))
-        return r;
-    if (devs.n != (uint32_t)vm->ndevices)
-        return vmm_err(EINVAL, "vmstate has %u device sections; this VM has %d devices", devs.n,
-                       vm->ndevices);
-    p = devs.p;
-    for (uint32_t i = 0; i < devs.n; i++) {
-        struct dec_val k, d;
-        if ((r = dec_next(&p, devs.end, &k)) || (r = dec_next(&p, devs.end, &d)))
-            return r;
-        const struct device *dev = k.type == DEC_STR ? find_device(vm, (const char *)k.p, k.len)
-                                                     : NULL;
-        if (!dev)
-            return vmm_err(EINVAL, "vmstate has state for a device this VM does not have (%.*s)",
-                           k.type == DEC_STR ? (int)k.len : 1, k.type == DEC_STR ? (const char *)k.p : "?");
-        if ((r = dec_as_map(&d, &m, dev->ops->name)) ||
-            (r = vmstate_check_version(&m, dev->ops->name, dev->ops->version)))
-            return r;
-    }
-    return 0;
-}
-
-static int apply_sections(struct vmm *vm, const struct dec_map *root)
-{
-    struct dec_map m, devs;
-    struct dec_val v;
-    int r;
-    if ((r = check_sections(vm, root)))
-        return r;
-    if ((r = dec_get_map(root, "vm", &m)) || (r = arch_vm_load(vm, &m)))
-        return r;
-    if ((r = dec_get(root, "vcpu", DEC_ARRAY, &v)))
-        return r;
-    const uint8_t *p = v.p;
-    for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
-        struct dec_val c;
-        if ((r = dec_next(&p, v.end, &c)) || (r = dec_as_map(&c, &m, "vcpu")) ||
-            (r = arch_vcpu_load(vm, &vm->vcpus[i], &m)))
-            return r;
-    }
-    if ((r = dec_get_map(root, "devices", &devs)))
-        return r;
-    for (int i = 0; i < vm->ndevices; i++) {
-        const struct device *d = &vm->devices[i];
-        uint64_t ver;
-        if ((r = dec_get_map(&devs, d->ops->name, &m)) || (r = dec_get_uint(&m, "v", &ver)) ||
-            (r = d->ops->load(d->dev, &m, (uint32_t)ver)))
-            return vmm_err_ctx(r, "device %s", d->ops->name);
-    }
-    return 0;
+    return r;
 }
 
 int vmm_restore(const char *dir, const struct vmm_restore_opts *opts, struct vmm **out)
 {
-    int backend = opts ? opts->backend : VMM_MEM_MMAP;
-    if (backend != VMM_MEM_MMAP && backend != VMM_MEM_UFFD)
-        return vmm_err(EINVAL, "restore backend %d: use mmap (%d) or uffd (%d)", backend,
+    struct vmm_restore_opts o = opts ? *opts : (struct vmm_restore_opts){.backend = VMM_MEM_MMAP};
+    if (o.backend != VMM_MEM_MMAP && o.backend != VMM_MEM_UFFD)
+        return vmm_err(EINVAL, "restore backend %d: use mmap (%d) or uffd (%d)", o.backend,
                        VMM_MEM_MMAP, VMM_MEM_UFFD);
-    char real[PATH_MAX];
-    int r = snapshot_dir(dir, real);
-    if (r)
-        return r;
-    struct parsed p;
-    if ((r = parse_dir(real, &p)))
-        return r;
+    char *real = malloc(PATH_MAX);
+    struct memory_section *ms = calloc(1, sizeof(*ms));
+    struct mem_layer *layers = calloc(VMM_MAX_LAYERS, sizeof(*layers));
+    struct parsed p = {0};
     struct vmm_config cfg = {0};
-    struct memory_section ms;
-    struct mem_layer layers[VMM_MAX_LAYERS];
-    int nlayers = 0;
     struct vmm *vm = NULL;
-    if ((r = read_config(&p.root, &cfg)) || (r = read_memory_section(&p.root, &ms)))
-        goto out;
-    if (ms.size != cfg.mem_size) {
-        r = vmm_err(EINVAL, "snapshot memory is %llu bytes, its config says %llu",
-                    (unsigned long long)ms.size, cfg.mem_size);
+    int dfd = -1, nlayers = 0, r;
+    if (!real || !ms || !layers) {
+        r = vmm_err(ENOMEM, "out of memory for a restore");
         goto out;
     }
-    if ((r = open_chain(real, &ms, layers, &nlayers)))
+    snprintf(real, PATH_MAX, "%s", dir);
+    if ((r = read_top(o.root, dir, &dfd, real, &p, &cfg, ms)) ||
+        (r = open_chain(o.root, dfd, real, ms, layers, &nlayers)))
         goto out;
-    cfg.track_dirty = opts && opts->track_dirty;
-    r = vm_build(&cfg, backend, layers, nlayers, &vm);
+    cfg.track_dirty = o.track_dirty;
+    cfg.ndevices = o.ndevices;
+    cfg.devices = o.devices;
+    r = vm_build(&cfg, o.backend, layers, nlayers, &vm);
     nlayers = 0;   /* vm_build owns them, even when it fails */
-    if (!r)
-        r = apply_sections(vm, &p.root);
-    if (!r && backend == VMM_MEM_UFFD && opts && opts->working_set)
-        r = uffd_prefetch(vm, opts->working_set);
-    if (r)
+    if (r || (r = restore_into(vm, &p, &o)))
         goto out;
-    snprintf(vm->parent, sizeof(vm->parent), "%s", real);
+    memcpy(vm->parent.id, ms->id, sizeof(ms->id));
+    vm->parent.checksum = parsed_crc(&p);
+    snprintf(vm->parent.path, sizeof(vm->parent.path), "%s", real);
+    vm->has_parent = true;
     *out = vm;
     vm = NULL;
 out:
     if (r)
-        r = vmm_err_ctx(r, "restore from %s", real);
-    mem_layers_free(layers, nlayers);
+        r = vmm_err_ctx(r, "restore from %s", real ? real : dir);
+    if (layers)
+        mem_layers_free(layers, nlayers);
     vmm_destroy(vm);
+    if (dfd >= 0)
+        close(dfd);
     free(p.buf);
+    free(layers);
+    free(ms);
+    free(real);
     return r;
 }
 
 int vmm_snapshot_inspect(const char *dir, struct vmm_snapshot_info *info)
 {
-    struct parsed p;
-    int r = parse_dir(dir, &p);
-    if (r)
-        return r;
+    char *real = malloc(PATH_MAX);
+    struct memory_section *ms = calloc(1, sizeof(*ms));
+    struct mem_layer *layers = calloc(VMM_MAX_LAYERS, sizeof(*layers));
+    struct parsed p = {0};
     struct vmm_config cfg = {0};
-    struct memory_section ms;
-    if (!(r = read_config(&p.root, &cfg)) && !(r = read_memory_section(&p.root, &ms))) {
-        memset(info, 0, sizeof(*info));
-        info->mem_size = ms.size;
-        info->vcpus = cfg.vcpus;
-        info->diff = (int)ms.diff;
-        info->pages = ms.pages;
-        struct mem_layer layers[VMM_MAX_LAYERS];
-        int n = 0;
-        r = open_chain(dir, &ms, layers, &n);
-        mem_layers_free(layers, n);
-        info->depth = n > 0 ? (unsigned)n - 1 : 0;
+    int dfd = -1, n = 0, r;
+    if (!real || !ms || !layers) {
+        r = vmm_err(ENOMEM, "out of memory");
+        goto out;
     }
+    if ((r = read_top(NULL, dir, &dfd, real, &p, &cfg, ms)))
+        goto out;
+    memset(info, 0, sizeof(*info));
+    info->mem_size = ms->size;
+    info->vcpus = cfg.vcpus;
+    info->diff = (int)ms->diff;
+    info->pages = ms->pages;
+    memcpy(info->id, ms->id, sizeof(info->id));
+    info->checksum = parsed_crc(&p);
+    r = open_chain(NULL, dfd, real, ms, layers, &n);
+    info->depth = n > 0 ? (unsigned)n - 1 : 0;
+out:
+    if (layers)
+        mem_layers_free(layers, n);
+    if (dfd >= 0)
+        close(dfd);
     free(p.buf);
+    free(layers);
+    free(ms);
+    free(real);
+    return r;
+}
+
+int vmm_snapshot_release(const char *dir)
+{
+    int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return vmm_err(errno, "snapshot directory %s: %m", dir);
+    int fd = open_regular(dfd, "memory", O_RDONLY | O_NONBLOCK, dir), r = 0, flags = 0;
+    close(dfd);
+    if (fd == -ENOENT)
+        return 0;
+    if (fd < 0)
+        return fd;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && (flags & FS_IMMUTABLE_FL)) {
+        flags &= ~FS_IMMUTABLE_FL;
+        if (ioctl(fd, FS_IOC_SETFLAGS, &flags) < 0)
+            r = vmm_err(errno, "clearing the immutable flag of %s/memory: %m", dir);
+    }
+    close(fd);
     return r;
 }
 
@@ -569,7 +818,7 @@ static int encode_state(struct vmm *vm, struct enc *file)
 {
     struct enc body;
     enc_init(&body);
-    int r = encode_body(vm, &body, NULL);
+    int r = vmstate_encode(vm, &body, NULL, NULL);
     if (!r)
         r = vmstate_frame(&body, file);
     enc_free(&body);
@@ -578,25 +827,26 @@ static int encode_state(struct vmm *vm, struct enc *file)
 
 int vmm_state_size(struct vmm *vm, unsigned long long *size)
 {
-    int r = require_quiet(vm);
+    int r = vm_op_begin(vm);
     if (r)
         return r;
     struct enc f;
     enc_init(&f);
-    if (!(r = encode_state(vm, &f)))
+    if (!(r = require_quiet(vm)) && !(r = encode_state(vm, &f)))
         *size = f.len;
     enc_free(&f);
+    vm_op_end(vm);
     return r;
 }
 
 int vmm_state_get(struct vmm *vm, void *buf, unsigned long long len, unsigned long long *used)
 {
-    int r = require_quiet(vm);
+    int r = vm_op_begin(vm);
     if (r)
         return r;
     struct enc f;
     enc_init(&f);
-    if (!(r = encode_state(vm, &f))) {
+    if (!(r = require_quiet(vm)) && !(r = encode_state(vm, &f))) {
         if (f.len > len)
             r = vmm_err(ENOSPC, "vmstate needs %zu bytes, buffer has %llu", f.len, len);
         else {
@@ -605,20 +855,28 @@ int vmm_state_get(struct vmm *vm, void *buf, unsigned long long len, unsigned lo
         }
     }
     enc_free(&f);
+    vm_op_end(vm);
     return r;
 }
 
 int vmm_state_set(struct vmm *vm, const void *buf, unsigned long long len)
 {
-    int r = require_quiet(vm);
+    int r = vm_op_begin(vm);
     if (r)
         return r;
     struct dec_map root;
-    struct vmm_config cfg = {0};
-    if ((r = vmstate_parse(buf, len, &root)) || (r = read_config(&root, &cfg)))
-        return r;
-    if (cfg.vcpus != vm->cfg.vcpus || cfg.mem_size != vm->cfg.mem_size)
-        return vmm_err(EINVAL, "vmstate is for %u vCPUs and %llu bytes; this VM has %u and %llu",
-                       cfg.vcpus, cfg.mem_size, vm->cfg.vcpus, vm->cfg.mem_size);
-    return apply_sections(vm, &root);
+    struct decoded_state *ds = NULL;
+    if ((r = require_quiet(vm)) || (r = vmstate_parse(buf, len, &root)) ||
+        (r = vmstate_decode(vm, &root, &ds)))
+        goto out;
+    if ((r = vmstate_apply(vm, ds))) {
+        char msg[VMM_ERR_LEN + 64];
+        snprintf(msg, sizeof(msg), "loading state failed partway: %s", vmm_last_error());
+        vm_fail(vm, msg);
+        r = vmm_err(-r, "%s; the VM is now failed", msg);
+    }
+out:
+    vmstate_free(ds);
+    vm_op_end(vm);
+    return r;
 }

@@ -5,7 +5,8 @@
  * that the layers hold (fault-around): one wake-up for many pages, which matters because waking
  * the faulting vCPU is most of a fault's cost (docs/kvm-notes.md). The handler records the order
  * pages were installed in as the working set a later restore installs up front. If the handler
- * dies the VM fails loudly.
+ * dies the VM fails loudly: guest memory is marked untruthful first, then the range is
+ * unregistered, which releases every thread blocked on a missing page without a page server.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +28,8 @@
 #define WS_VERSION 1
 #define CTL_STOP 1
 #define CTL_DIE 2
+#define CTL_STALL 3
+#define CTL_UNSTALL 4
 #define MSG_BATCH 64
 #define EAGAIN_RETRIES 1000
 #define AROUND_PAGES 16           /* fault-around block: Linux's fault_around_bytes default */
@@ -36,7 +39,7 @@ struct uffd {
     int ctl;                  /* eventfd: CTL_STOP, CTL_DIE */
     pthread_t thread;
     bool started;
-    uint8_t *removed;         /* discarded since restore: their layer data is stale */
+    _Atomic bool dead, revoked;
     uint8_t *installed;       /* present now; every population goes through us (MISSING mode) */
     uint8_t *maps[VMM_MAX_LAYERS];   /* each layer's memory file, mapped read-only */
     uint32_t *ws;             /* installation order */
@@ -60,9 +63,10 @@ static int open_uffd(void)
 }
 
 /* The layer holding page `pg`, or -1: zero (no layer has it, or the guest discarded it). */
-static int layer_of(const struct vmm *vm, const struct uffd *u, uint64_t pg)
+static int layer_of(struct vmm *vm, const struct uffd *u, uint64_t pg)
 {
-    if (bit_test(u->removed, pg))
+    (void)u;
+    if (abit_test(vm->mem.removed, pg))
         return -1;
     for (int l = 0; l < vm->mem.nlayers; l++)
         if (bit_test(vm->mem.layers[l].bitmap, pg))
@@ -182,7 +186,7 @@ static int install_one(struct vmm *vm, struct uffd *u, uint64_t pg, bool wake,
                                                (unsigned long long)pg);
 }
 
-static bool installable(const struct vmm *vm, const struct uffd *u, uint64_t pg)
+static bool installable(struct vmm *vm, const struct uffd *u, uint64_t pg)
 {
     return !bit_test(u->installed, pg) && layer_of(vm, u, pg) >= 0;
 }
@@ -250,7 +254,7 @@ static void on_remove(struct vmm *vm, struct uffd *u, const struct uffd_msg *msg
     pthread_mutex_lock(&u->lock);
     for (uint64_t a = start; a < end; a += PAGE_SIZE) {
         uint64_t pg = (a - base) / PAGE_SIZE;
-        bit_set(u->removed, pg);
+        abit_set(vm->mem.removed, pg);
         u->installed[pg >> 3] &= (uint8_t)~(1u << (pg & 7));
     }
     pthread_mutex_unlock(&u->lock);
@@ -285,16 +289,55 @@ static int serve_fault(struct vmm *vm, struct uffd *u, uint64_t addr)
     return 0;
 }
 
+/* Memory is declared untruthful before anything can read a zero page in place of the VM's. */
+static void unregister_all(struct vmm *vm, struct uffd *u)
+{
+    if (atomic_exchange(&u->revoked, true))
+        return;
+    struct uffdio_range range = {.start = (uint64_t)(uintptr_t)vm->mem.base, .len = vm->mem.size};
+    int fd = atomic_load(&u->fd);
+    if (fd >= 0)
+        ioctl(fd, UFFDIO_UNREGISTER, &range);   /* wakes every faulting thread */
+}
+
+void uffd_revoke(struct vmm *vm, const char *why)
+{
+    if (!vm->uffd)
+        return;
+    mem_fail(&vm->mem, why);
+    unregister_all(vm, vm->uffd);
+}
+
 static void handler_died(struct vmm *vm, struct uffd *u, const char *why)
 {
     char msg[512];
     snprintf(msg, sizeof(msg), "userfaultfd handler died: %s", why);
+    atomic_store(&u->dead, true);
+    mem_fail(&vm->mem, msg);
     vm_end(vm, VMM_STOP_ERROR, 0, msg);
-    /* Closing the uffd wakes every thread blocked on a missing page; the VM is already failed,
-     * so nothing runs on the zero pages they then get. */
-    int fd = atomic_exchange(&u->fd, -1);
-    if (fd >= 0)
-        close(fd);
+    unregister_all(vm, u);
+}
+
+bool uffd_alive(struct vmm *vm)
+{
+    return !vm->uffd || (!atomic_load(&vm->uffd->dead) && !atomic_load(&vm->uffd->revoked));
+}
+
+/* Test builds: the handler stops serving, as a stuck one would, until unstalled or stopped. */
+static bool stall(struct uffd *u)
+{
+    for (;;) {
+        struct pollfd p = {.fd = u->ctl, .events = POLLIN};
+        uint64_t v = 0;
+        if (poll(&p, 1, -1) < 0 && errno != EINTR)
+            return false;
+        if (read(u->ctl, &v, sizeof(v)) != sizeof(v))
+            continue;
+        if (v == CTL_UNSTALL)
+            return true;
+        if (v == CTL_STOP)
+            return false;
+    }
 }
 
 static void *handler_thread(void *arg)
@@ -314,8 +357,17 @@ static void *handler_thread(void *arg)
         }
         if (p[1].revents) {
             uint64_t v = 0;
-            if (read(u->ctl, &v, sizeof(v)) == sizeof(v) && v == CTL_STOP)
+            if (read(u->ctl, &v, sizeof(v)) != sizeof(v))
+                continue;
+            if (v == CTL_STOP)
                 break;
+            if (v == CTL_STALL) {
+                if (!stall(u))
+                    break;
+                continue;
+            }
+            if (v == CTL_UNSTALL)
+                continue;
             snprintf(why, sizeof(why), "killed by fault injection");
             goto died;
         }
@@ -323,6 +375,8 @@ static void *handler_thread(void *arg)
             snprintf(why, sizeof(why), "userfaultfd closed");
             goto died;
         }
+        if (atomic_load(&u->revoked))
+            break;    /* nothing is registered any more: the VM is ending */
         ssize_t n = read(atomic_load(&u->fd), msgs, sizeof(msgs));
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
@@ -359,8 +413,7 @@ int uffd_setup(struct vmm *vm)
     u->ctl = -1;
     pthread_mutex_init(&u->lock, NULL);
     vm->uffd = u;
-    if (!(u->removed = calloc(1, bitmap_bytes(m->npages))) ||
-        !(u->installed = calloc(1, bitmap_bytes(m->npages))))
+    if (!(u->installed = calloc(1, bitmap_bytes(m->npages))))
         return vmm_err(ENOMEM, "out of memory for uffd bitmaps");
     int fd = open_uffd();
     if (fd < 0)
@@ -402,8 +455,8 @@ int uffd_setup(struct vmm *vm)
 
 int uffd_start(struct vmm *vm)
 {
-    if (atomic_load(&vm->uffd->fd) < 0)
-        return vmm_err(EIO, "uffd handler is gone: %s", vm->message);
+    if (!uffd_alive(vm))
+        return vmm_err(EIO, "uffd handler is gone: %s", vm->mem.failed_why);
     return 0;
 }
 
@@ -427,18 +480,17 @@ void uffd_teardown(struct vmm *vm)
         if (u->maps[l])
             munmap(u->maps[l], vm->mem.size);
     pthread_mutex_destroy(&u->lock);
-    free(u->removed);
     free(u->installed);
     free(u->ws);
     free(u);
     vm->uffd = NULL;
 }
 
-int uffd_inject_death(struct vmm *vm)
+int uffd_inject(struct vmm *vm, int what)
 {
     if (!vm->uffd || !vm->uffd->started)
         return vmm_err(EINVAL, "VM has no uffd handler (restore it with the uffd backend)");
-    uint64_t v = CTL_DIE;
+    uint64_t v = what == 1 ? CTL_DIE : what == 2 ? CTL_STALL : CTL_UNSTALL;
     if (write(vm->uffd->ctl, &v, sizeof(v)) != sizeof(v))
         return vmm_err(errno, "eventfd write: %m");
     return 0;
@@ -463,30 +515,16 @@ int uffd_save_working_set(struct vmm *vm, const char *path)
     pthread_mutex_unlock(&u->lock);
     uint32_t crc = crc32c(0, e.buf, e.len);
     enc_raw(&e, &crc, 4);
-    int r = e.err ? vmm_err(ENOMEM, "out of memory") : 0;
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE *f = r ? NULL : fopen(tmp, "wbe");
-    if (!r && !f)
-        r = vmm_err(errno, "create %s: %m", tmp);
-    if (f) {
-        if (fwrite(e.buf, 1, e.len, f) != e.len || fflush(f) || fsync(fileno(f)))
-            r = vmm_err(errno ? errno : EIO, "write %s: %m", tmp);
-        fclose(f);
-        if (!r && rename(tmp, path) < 0)
-            r = vmm_err(errno, "rename to %s: %m", path);
-        if (r)
-            unlink(tmp);
-    }
+    int r = e.err ? vmm_err(ENOMEM, "out of memory") : publish_file(path, e.buf, e.len);
     enc_free(&e);
     return r;
 }
 
-int uffd_prefetch(struct vmm *vm, const char *path)
+int uffd_prefetch(struct vmm *vm, int fd, const char *path)
 {
     uint8_t *buf;
     size_t len;
-    int r = vmstate_read_file(path, &buf, &len);
+    int r = vmstate_read_fd(fd, path, &buf, &len);
     if (r)
         return vmm_err_ctx(r, "working set");
     uint32_t ver, count, crc;
@@ -522,5 +560,10 @@ int uffd_prefetch(struct vmm *vm, const char *path)
 
 int vmm_working_set_save(struct vmm *vm, const char *path)
 {
-    return uffd_save_working_set(vm, path);
+    int r = vm_enter(vm);
+    if (r)
+        return r;
+    r = uffd_save_working_set(vm, path);
+    vm_leave(vm);
+    return r;
 }

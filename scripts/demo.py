@@ -16,7 +16,8 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
-from guests import LOAD_GPA, PARAMS, RESULTS, STACK_TOP, build  # noqa: E402
+os.environ.setdefault("VMMD_NATIVE", "test")   # the counter guest talks to the debug devices
+from guests import LOAD_GPA, PARAMS, RESULTS, STACK_TOP, build, devices  # noqa: E402
 from vmmd.native import VM, Backend, native_version  # noqa: E402
 
 MEM = 256 << 20
@@ -35,7 +36,7 @@ def main() -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="vmmd-demo-"))
     try:
         t0 = time.perf_counter()
-        vm = VM.create(1, MEM, track_dirty=True, debug_devices=True)
+        vm = VM.create(1, MEM, track_dirty=True, devices=devices())
         vm.mem_write(PARAMS, struct.pack("<6Q", 0, 0, 1024, 1, 0, (1 << 26) - 1))
         vm.load_flat(build("counter"), LOAD_GPA, stack_top=STACK_TOP)
         vm.start()
@@ -51,7 +52,7 @@ def main() -> int:
             copies = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                c = VM.restore(work / "snap", backend)
+                c = VM.restore(work / "snap", backend, devices=devices())
                 c.start()
                 print(f"restore+start {backend.name.lower():4}   {ms(t0)}")
                 copies.append(c)

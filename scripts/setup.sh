@@ -12,7 +12,10 @@ mkdir -p "$cache"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages: only asked for when something is missing ---
-debs=(gcc libc6-dev binutils make python3 python3-venv python3-dev)
+# libseccomp2: the worker's filter; systemd: systemd-analyze checks deploy/vmmd.service;
+# acpica-tools (iasl) and device-tree-compiler (dtc) check the boot tables in tests/unit/test_boot.py
+debs=(gcc libc6-dev binutils make python3 python3-venv python3-dev libseccomp2 systemd
+      acpica-tools device-tree-compiler)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -46,10 +49,27 @@ if [ -z "$so" ] || [ -n "$(find "$repo/native" -newer "$so" -type f | head -n1)"
     log "building the native core"
     (cd "$repo" && "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
 fi
+# the gRPC API's Python code (vmmd/v1/), generated from protos/ whenever a .proto is newer
+gen=$repo/vmmd/v1/__init__.py
+if [ ! -f "$gen" ] || [ -n "$(find "$repo/protos" -name '*.proto' -newer "$gen" | head -n1)" ]; then
+    log "generating the gRPC API code"
+    "$venv/bin/python" "$repo/protos/build.py" "$repo"
+fi
 # the editable install must point at this checkout (CI clones to a fresh path)
 if ! (cd / && "$venv/bin/python" -c 'import vmmd, sys; sys.exit(0 if vmmd.__file__.startswith(sys.argv[1]) else 1)' "$repo/vmmd") 2>/dev/null; then
     log "pointing the virtualenv at $repo"
     "$venv/bin/pip" install -q --no-build-isolation --no-deps -e "$repo"
+fi
+# a second gRPC client from other tooling (tests/daemon/test_grpc_js.py): grpc-js from npm
+node_dir=$cache/node
+if [ ! -d "$node_dir/node_modules/@grpc/grpc-js" ] || [ ! -d "$node_dir/node_modules/@grpc/proto-loader" ]; then
+    if ! command -v npm >/dev/null; then      # a node from elsewhere brings its own npm
+        log "installing Debian packages: nodejs npm"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    log "installing @grpc/grpc-js and @grpc/proto-loader into $node_dir"
+    mkdir -p "$node_dir"
+    npm install --silent --no-save --prefix "$node_dir" @grpc/grpc-js@1 @grpc/proto-loader@0.7 >/dev/null
 fi
 # the emulated KVM hosts for real Linux guests (tests/e2e); VMMD_SKIP_HOSTS=1 leaves them out
 if [ "${VMMD_SKIP_HOSTS:-0}" != 1 ]; then

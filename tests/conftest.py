@@ -9,8 +9,10 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("VMMD_NATIVE", "test")   # the test build: debug devices, fault injection
 
-from guests import LOAD_GPA, PARAMS, RESULTS, STACK_SIZE, STACK_TOP, build, machine_arch  # noqa: E402
+from guests import (LOAD_GPA, PARAMS, RESULTS, STACK_SIZE, STACK_TOP, build,  # noqa: E402
+                    devices as guest_devices, machine_arch, params)
 
 REQUIRE_KVM = os.environ.get("VMMD_REQUIRE_KVM") == "1"
 
@@ -22,7 +24,7 @@ def kvm_problem() -> str | None:
         return f"/dev/kvm unusable: {e.strerror}"
     os.close(fd)
     try:
-        import vmmd._native  # noqa: F401
+        import vmmd._native_test  # noqa: F401
     except ImportError as e:
         return f"native core not built: {e}"
     return None
@@ -47,13 +49,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=problem))
 
 
+def pytest_sessionfinish(session):
+    """Memory files of restored snapshots are immutable; let pytest delete its temp dirs."""
+    release_snapshots(session.config._tmp_path_factory.getbasetemp()
+                      if hasattr(session.config, "_tmp_path_factory") else None)
+
+
+def release_snapshots(root) -> None:
+    if root is None or not os.path.isdir(root):
+        return
+    from vmmd.native import VmmError, snapshot_release
+    for dirpath, _, files in os.walk(root):
+        if "memory" in files:
+            try:
+                snapshot_release(dirpath)
+            except VmmError:
+                pass
+
+
 @pytest.fixture
 def _kvm_required():
     pytest.fail(f"VMMD_REQUIRE_KVM=1 but {kvm_problem()}")
-
-
-def params(go=0, iterations=0, pages=0, stride=1, write=0, tick_mask=0) -> bytes:
-    return struct.pack("<6Q", go, iterations, pages, stride, write, tick_mask)
 
 
 class GuestVM:
@@ -105,7 +121,7 @@ def microvm_factory():
 
     def make(guest: str, *, vcpus: int = 1, mem_size: int = 64 << 20, track_dirty: bool = True,
              start: bool = False, **guest_params) -> GuestVM:
-        vm = VM.create(vcpus, mem_size, track_dirty=track_dirty, debug_devices=True)
+        vm = VM.create(vcpus, mem_size, track_dirty=track_dirty, devices=guest_devices())
         made.append(vm)
         vm.mem_write(PARAMS, params(**guest_params))
         vm.load_flat(build(guest), LOAD_GPA, stack_top=STACK_TOP, stack_size=STACK_SIZE)
@@ -114,6 +130,7 @@ def microvm_factory():
         return GuestVM(vm)
 
     def restore(directory, backend, **kw) -> GuestVM:
+        kw.setdefault("devices", guest_devices())
         vm = VM.restore(directory, backend, **kw)
         made.append(vm)
         return GuestVM(vm)

@@ -7,7 +7,6 @@ come back from there, the console (boot log, timings) from QEMU's serial.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import re
 import shlex
@@ -36,12 +35,12 @@ class HostResult:
 
 
 def provision() -> pathlib.Path:
-    """Runs hosts/provision.sh (quick when cached); returns the host image directory."""
+    """Runs hosts/provision.sh (quick when cached); returns the host image directory, symlinks
+    resolved: the host mounts the results directory and the userland by these paths, and a
+    symlink on this machine is not one inside the host."""
     r = subprocess.run([str(ROOT / "hosts" / "provision.sh")], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"provisioning the emulated hosts failed:\n{r.stderr}")
-    # resolved: the hosts' init sees the machine's root under /newroot, where an absolute
-    # symlink in the cache path (a helper's cache linking to the shared hosts dir) points nowhere
     return pathlib.Path(r.stdout.strip().splitlines()[-1]).resolve()
 
 

@@ -2,15 +2,26 @@
 
 Calls into C release the GIL (cffi does so by default), so a blocking call such as
 `wait()` or `restore()` belongs on a worker thread when an event loop is involved.
+
+The production module is `vmmd._native`. With VMMD_NATIVE=test in the environment (tests and
+benches set it) the test build `vmmd._native_test` is loaded instead: the same core plus the
+test devices, fault injection and bench floors.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import enum
 import errno as _errno
+import importlib
 import os
-from dataclasses import dataclass
+import threading
+import weakref
 
-from ._native import ffi, lib
+_mod = importlib.import_module(
+    "vmmd._native_test" if os.environ.get("VMMD_NATIVE") == "test" else "vmmd._native")
+ffi, lib = _mod.ffi, _mod.lib
+TEST_BUILD = hasattr(lib, "vmm_inject")
 
 PAGE_SIZE = 4096
 
@@ -41,7 +52,20 @@ class StopReason(enum.IntEnum):
     ERROR = lib.VMM_STOP_ERROR
 
 
-@dataclass(frozen=True)
+class DeviceType(enum.IntEnum):
+    DEBUG = lib.VMM_DEV_DEBUG        # test builds only
+    TESTDEV = lib.VMM_DEV_TESTDEV    # test builds only
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """One configured device. Give restore the same list the VM was created with."""
+    type: int
+    id: int = 0
+    path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ExitInfo:
     state: State
     reason: StopReason
@@ -49,13 +73,15 @@ class ExitInfo:
     message: str
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SnapshotInfo:
     mem_size: int
     vcpus: int
     diff: bool
     pages: int
     depth: int
+    id: bytes
+    checksum: int
 
 
 def _check(rc: int) -> int:
@@ -73,49 +99,117 @@ def native_version() -> str:
     return ffi.string(lib.vmm_version()).decode()
 
 
+def host_probe() -> None:
+    """Probes the host's KVM capabilities now (a zygote does this once before forking)."""
+    _check(lib.vmm_host_probe())
+
+
 def snapshot_info(directory: str | os.PathLike) -> SnapshotInfo:
     info = ffi.new("struct vmm_snapshot_info *")
     _check(lib.vmm_snapshot_inspect(_path(directory), info))
-    return SnapshotInfo(info.mem_size, info.vcpus, bool(info.diff), info.pages, info.depth)
+    return SnapshotInfo(info.mem_size, info.vcpus, bool(info.diff), info.pages, info.depth,
+                        bytes(ffi.buffer(info.id, 16)), info.checksum)
+
+
+def snapshot_release(directory: str | os.PathLike) -> None:
+    """Lets the owner delete a snapshot: its memory file is immutable while VMs may map it."""
+    _check(lib.vmm_snapshot_release(_path(directory)))
+
+
+def _devices(devices) -> tuple[object, list]:
+    """A cffi array of device configs, and what must stay alive while the call uses it."""
+    devices = list(devices)
+    keep = []
+    arr = ffi.new("struct vmm_device_config[]", max(len(devices), 1))
+    for i, d in enumerate(devices):
+        arr[i].type = int(d.type)
+        arr[i].id = d.id
+        if d.path is not None:
+            p = ffi.new("char[]", _path(d.path))
+            keep.append(p)
+            arr[i].path = p
+    keep.append(arr)
+    return arr, keep
+
+
+_OWNER = object()
+_owned: "weakref.WeakValueDictionary[int, VM]" = weakref.WeakValueDictionary()
+_owned_lock = threading.Lock()
 
 
 class VM:
-    """One MicroVM owned by this process. Use as a context manager or call `close()`."""
+    """One MicroVM owned by this process. Use as a context manager or call `close()`.
 
-    def __init__(self, handle):
+    Made only by `VM.create` and `VM.restore`: a native handle has exactly one owner. Methods
+    may be called from several threads; `close()` ends the VM, makes blocked calls return, and
+    frees the handle once no call is inside it.
+    """
+
+    def __init__(self, handle, *, _token=None):
+        if _token is not _OWNER:
+            raise TypeError("VMs are made by VM.create() or VM.restore(); a native handle has "
+                            "exactly one owner")
+        key = int(ffi.cast("uintptr_t", handle))
+        with _owned_lock:
+            if key in _owned:
+                raise VmmError(_errno.EEXIST, "this native handle already has an owner")
+            _owned[key] = self
         self._h = handle
+        self._cv = threading.Condition()
+        self._inflight = 0
 
     @classmethod
     def create(cls, vcpus: int = 1, mem_size: int = 64 << 20, *, track_dirty: bool = False,
-               debug_devices: bool = False) -> "VM":
+               devices=()) -> "VM":
+        arr, keep = _devices(devices)
         cfg = ffi.new("struct vmm_config *", {
-            "vcpus": vcpus, "mem_size": mem_size,
-            "track_dirty": int(track_dirty), "debug_devices": int(debug_devices)})
+            "vcpus": vcpus, "mem_size": mem_size, "track_dirty": int(track_dirty),
+            "ndevices": len(devices), "devices": arr})
         out = ffi.new("struct vmm **")
         _check(lib.vmm_create(cfg, out))
-        return cls(out[0])
+        del keep
+        return cls(out[0], _token=_OWNER)
 
     @classmethod
     def restore(cls, directory: str | os.PathLike, backend: Backend = Backend.MMAP, *,
-                working_set: str | os.PathLike | None = None,
-                track_dirty: bool = False) -> "VM":
+                working_set: str | os.PathLike | None = None, track_dirty: bool = False,
+                root: str | os.PathLike | None = None, devices=()) -> "VM":
         ws = ffi.new("char[]", _path(working_set)) if working_set is not None else ffi.NULL
+        rt = ffi.new("char[]", _path(root)) if root is not None else ffi.NULL
+        arr, keep = _devices(devices)
         opts = ffi.new("struct vmm_restore_opts *", {
-            "backend": int(backend), "working_set": ws, "track_dirty": int(track_dirty)})
+            "backend": int(backend), "working_set": ws, "track_dirty": int(track_dirty),
+            "root": rt, "ndevices": len(devices), "devices": arr})
         out = ffi.new("struct vmm **")
         _check(lib.vmm_restore(_path(directory), opts, out))
-        return cls(out[0])
+        del keep
+        return cls(out[0], _token=_OWNER)
 
-    @property
-    def handle(self):
-        if self._h is None:
-            raise VmmError(_errno.EBADF, "VM is closed")
-        return self._h
+    @contextlib.contextmanager
+    def _use(self):
+        with self._cv:
+            if self._h is None:
+                raise VmmError(_errno.EBADF, "VM is closed")
+            self._inflight += 1
+            h = self._h
+        try:
+            yield h
+        finally:
+            with self._cv:
+                self._inflight -= 1
+                self._cv.notify_all()
 
     def close(self) -> None:
-        if self._h is not None:
-            lib.vmm_destroy(self._h)
-            self._h = None
+        with self._cv:
+            h, self._h = self._h, None
+        if h is None:
+            return
+        lib.vmm_shutdown(h)          # blocked calls return, new ones are refused
+        with self._cv:
+            self._cv.wait_for(lambda: self._inflight == 0)
+        lib.vmm_destroy(h)
+        with _owned_lock:
+            _owned.pop(int(ffi.cast("uintptr_t", h)), None)
 
     def __enter__(self) -> "VM":
         return self
@@ -124,81 +218,109 @@ class VM:
         self.close()
 
     def __del__(self):
-        self.close()
+        if getattr(self, "_h", None) is not None:
+            self.close()
 
     def load_flat(self, image: bytes, load_gpa: int, entry: int | None = None, *,
                   stack_top: int, stack_size: int = 0x10000) -> None:
         boot = ffi.new("struct vmm_flat_boot *", {
             "load_gpa": load_gpa, "entry": load_gpa if entry is None else entry,
             "stack_top": stack_top, "stack_size": stack_size})
-        _check(lib.vmm_load_flat(self.handle, image, len(image), boot))
+        with self._use() as h:
+            _check(lib.vmm_load_flat(h, image, len(image), boot))
 
     def start(self) -> None:
-        _check(lib.vmm_start(self.handle))
+        with self._use() as h:
+            _check(lib.vmm_start(h))
 
     def pause(self) -> None:
-        _check(lib.vmm_pause(self.handle))
+        with self._use() as h:
+            _check(lib.vmm_pause(h))
 
     def resume(self) -> None:
-        _check(lib.vmm_resume(self.handle))
+        with self._use() as h:
+            _check(lib.vmm_resume(h))
 
     def stop(self) -> None:
-        _check(lib.vmm_stop(self.handle))
+        with self._use() as h:
+            _check(lib.vmm_stop(h))
 
     def wait(self, timeout: float | None = None) -> ExitInfo:
         info = ffi.new("struct vmm_exit_info *")
         ms = -1 if timeout is None else int(timeout * 1000)
-        _check(lib.vmm_wait(self.handle, ms, info))
+        with self._use() as h:
+            _check(lib.vmm_wait(h, ms, info))
         return ExitInfo(State(info.state), StopReason(info.reason), info.exit_code,
                         ffi.string(info.message).decode(errors="replace"))
 
     @property
     def state(self) -> State:
-        return State(_check(lib.vmm_get_state(self.handle)))
+        with self._use() as h:
+            return State(_check(lib.vmm_get_state(h)))
 
     def stats(self) -> dict[str, int]:
         st = ffi.new("struct vmm_stats *")
-        _check(lib.vmm_get_stats(self.handle, st))
+        with self._use() as h:
+            _check(lib.vmm_get_stats(h, st))
         return {name: getattr(st, name) for name, _ in ffi.typeof("struct vmm_stats").fields}
 
     def serial_read(self, size: int = 65536) -> bytes:
         buf = ffi.new("char[]", size)
-        n = _check(lib.vmm_serial_read(self.handle, buf, size))
+        with self._use() as h:
+            n = _check(lib.vmm_serial_read(h, buf, size))
         return ffi.unpack(buf, n)
 
     def serial_write(self, data: bytes) -> int:
-        return _check(lib.vmm_serial_write(self.handle, data, len(data)))
+        with self._use() as h:
+            return _check(lib.vmm_serial_write(h, data, len(data)))
+
+    def serial_fd(self) -> int:
+        """An eventfd, readable while serial output waits; owned by the VM (do not close)."""
+        with self._use() as h:
+            return _check(lib.vmm_serial_fd(h))
 
     def mem_read(self, gpa: int, size: int) -> bytes:
         buf = ffi.new("char[]", size)
-        _check(lib.vmm_mem_read(self.handle, gpa, buf, size))
+        with self._use() as h:
+            _check(lib.vmm_mem_read(h, gpa, buf, size))
         return ffi.unpack(buf, size)
 
     def mem_write(self, gpa: int, data: bytes) -> None:
-        _check(lib.vmm_mem_write(self.handle, gpa, data, len(data)))
+        with self._use() as h:
+            _check(lib.vmm_mem_write(h, gpa, data, len(data)))
 
     def mem_discard(self, gpa: int, size: int) -> None:
-        _check(lib.vmm_mem_discard(self.handle, gpa, size))
+        with self._use() as h:
+            _check(lib.vmm_mem_discard(h, gpa, size))
 
     def snapshot(self, directory: str | os.PathLike, *, diff: bool = False) -> None:
         os.makedirs(directory, exist_ok=True)
         opts = ffi.new("struct vmm_snapshot_opts *", {"diff": int(diff)})
-        _check(lib.vmm_snapshot(self.handle, _path(directory), opts))
+        with self._use() as h:
+            _check(lib.vmm_snapshot(h, _path(directory), opts))
 
     def state_blob(self) -> bytes:
         size = ffi.new("unsigned long long *")
-        _check(lib.vmm_state_size(self.handle, size))
-        cap = size[0] + 4096   # the TSC and clock may grow an integer's encoding in between
-        buf = ffi.new("char[]", cap)
-        used = ffi.new("unsigned long long *")
-        _check(lib.vmm_state_get(self.handle, buf, cap, used))
+        with self._use() as h:
+            _check(lib.vmm_state_size(h, size))
+            cap = size[0] + 4096   # the TSC and clock may grow an integer's encoding in between
+            buf = ffi.new("char[]", cap)
+            used = ffi.new("unsigned long long *")
+            _check(lib.vmm_state_get(h, buf, cap, used))
         return ffi.unpack(buf, used[0])
 
     def set_state_blob(self, blob: bytes) -> None:
-        _check(lib.vmm_state_set(self.handle, blob, len(blob)))
+        with self._use() as h:
+            _check(lib.vmm_state_set(h, blob, len(blob)))
 
     def save_working_set(self, path: str | os.PathLike) -> None:
-        _check(lib.vmm_working_set_save(self.handle, _path(path)))
+        with self._use() as h:
+            _check(lib.vmm_working_set_save(h, _path(path)))
 
     def inject(self, what: int) -> None:
-        _check(lib.vmm_inject(self.handle, what))
+        """Test builds: provoke a failure (lib.VMM_INJECT_*)."""
+        if not TEST_BUILD:
+            raise VmmError(_errno.ENOTSUP, "fault injection exists only in the test build "
+                           "(VMMD_NATIVE=test)")
+        with self._use() as h:
+            _check(lib.vmm_inject(h, what))

@@ -1,14 +1,16 @@
-/* devices.h - constructors; each device file owns its registers and state. */
+/* devices.h - device ops tables for the device manager, and the serial port's host side. */
 #ifndef VMM_DEVICES_H
 #define VMM_DEVICES_H
 #include "../internal.h"
 
-struct serial;
-int serial_create(struct vmm *vm, struct bus *bus, uint64_t base, int irq);
-size_t serial_read_output(struct serial *s, uint8_t *buf, size_t len);
-int serial_push_input(struct serial *s, const uint8_t *buf, size_t len);
-void serial_stats(struct serial *s, uint64_t *bytes, uint64_t *dropped, uint64_t *first_ns);
+extern const struct device_ops serial_ops;
+#ifdef VMM_TEST_BUILD
+extern const struct device_ops debugport_ops;
+extern const struct device_ops testdev_ops;
+#endif
 
-int debugport_create(struct vmm *vm, struct bus *bus, uint64_t base);
-int testdev_create(struct vmm *vm, struct bus *bus, uint64_t base);
+size_t serial_read_output(struct device *d, uint8_t *buf, size_t len);
+int serial_push_input(struct device *d, const uint8_t *buf, size_t len);
+void serial_stats(struct device *d, uint64_t *bytes, uint64_t *dropped, uint64_t *first_ns);
+int serial_output_fd(struct device *d);
 #endif

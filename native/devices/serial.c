@@ -1,9 +1,14 @@
-/* serial.c - 8250/16550A UART: guest output to a host ring buffer, host input to the guest. */
+/*
+ * serial.c - 8250/16550A UART: guest output to a host ring buffer (with an eventfd that says
+ * "output waiting"), host input to the guest. The interrupt is edge-triggered through the
+ * device's irqfd, as Firecracker does, so no KVM call happens under the device lock.
+ */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include "devices.h"
-#include "../arch.h"
 
 #define SERIAL_OUT_CAP (256 * 1024)
 #define SERIAL_RX_CAP 64
@@ -34,10 +39,10 @@ struct serial_regs {
 };
 
 struct serial {
-    struct vmm *vm;
-    int irq;
     pthread_mutex_t lock;
     struct serial_regs r;
+    struct irq *irq;
+    int out_fd;                  /* eventfd: readable while output is waiting */
     uint8_t *out;                /* host-side ring: not guest state */
     size_t out_head, out_len;
     uint64_t bytes, dropped, first_ns;
@@ -56,10 +61,9 @@ static uint8_t iir(const struct serial *s)
 static void update_irq(struct serial *s)
 {
     int level = !(iir(s) & IIR_NONE);
-    if (level != s->irq_level) {
-        s->irq_level = level;
-        arch_irq_line(s->vm, s->irq, level);
-    }
+    if (level && !s->irq_level && s->irq)
+        irq_trigger(s->irq);     /* an eventfd write: never blocks */
+    s->irq_level = level;
 }
 
 static void out_byte(struct serial *s, uint8_t b)
@@ -73,7 +77,12 @@ static void out_byte(struct serial *s, uint8_t b)
         s->dropped++;
     }
     s->out[(s->out_head + s->out_len) % SERIAL_OUT_CAP] = b;
-    s->out_len++;
+    if (s->out_len++ == 0) {
+        uint64_t one = 1;
+        if (write(s->out_fd, &one, sizeof(one)) < 0) {
+            /* saturated counter: the reader is already woken */
+        }
+    }
 }
 
 static void rx_push(struct serial *s, uint8_t b)
@@ -139,10 +148,12 @@ static uint8_t reg_read(struct serial *s, uint64_t off)
     return 0;
 }
 
-static int serial_io(void *ctx, uint64_t off, uint8_t *data, uint32_t len, bool is_write)
+static int serial_access(struct device *d, uint64_t off, uint8_t *data, uint32_t len,
+                         bool is_write, struct bus_req *req)
 {
-    struct serial *s = ctx;
-    if (len != 1) {            /* the 8250 is byte-wide; wider accesses read as all ones */
+    struct serial *s = d->priv;
+    (void)req;
+    if (len != 1 || off >= 8) {   /* byte-wide registers; anything else reads as all ones */
         if (!is_write)
             memset(data, 0xff, len);
         return 0;
@@ -157,20 +168,28 @@ static int serial_io(void *ctx, uint64_t off, uint8_t *data, uint32_t len, bool 
     return 0;
 }
 
-size_t serial_read_output(struct serial *s, uint8_t *buf, size_t len)
+size_t serial_read_output(struct device *d, uint8_t *buf, size_t len)
 {
+    struct serial *s = d->priv;
     pthread_mutex_lock(&s->lock);
     size_t n = len < s->out_len ? len : s->out_len;
     for (size_t i = 0; i < n; i++)
         buf[i] = s->out[(s->out_head + i) % SERIAL_OUT_CAP];
     s->out_head = (s->out_head + n) % SERIAL_OUT_CAP;
     s->out_len -= n;
+    if (s->out_len == 0) {
+        uint64_t v;
+        if (read(s->out_fd, &v, sizeof(v)) < 0) {
+            /* already clear */
+        }
+    }
     pthread_mutex_unlock(&s->lock);
     return n;
 }
 
-int serial_push_input(struct serial *s, const uint8_t *buf, size_t len)
+int serial_push_input(struct device *d, const uint8_t *buf, size_t len)
 {
+    struct serial *s = d->priv;
     pthread_mutex_lock(&s->lock);
     size_t room = SERIAL_RX_CAP - s->r.rx_len, n = len < room ? len : room;
     for (size_t i = 0; i < n; i++)
@@ -180,8 +199,9 @@ int serial_push_input(struct serial *s, const uint8_t *buf, size_t len)
     return (int)n;
 }
 
-void serial_stats(struct serial *s, uint64_t *bytes, uint64_t *dropped, uint64_t *first_ns)
+void serial_stats(struct device *d, uint64_t *bytes, uint64_t *dropped, uint64_t *first_ns)
 {
+    struct serial *s = d->priv;
     pthread_mutex_lock(&s->lock);
     *bytes = s->bytes;
     *dropped = s->dropped;
@@ -189,9 +209,11 @@ void serial_stats(struct serial *s, uint64_t *bytes, uint64_t *dropped, uint64_t
     pthread_mutex_unlock(&s->lock);
 }
 
-static int serial_save(void *dev, struct enc *e)
+int serial_output_fd(struct device *d) { return ((struct serial *)d->priv)->out_fd; }
+
+static int serial_save(struct device *d, struct enc *e)
 {
-    struct serial *s = dev;
+    struct serial *s = d->priv;
     pthread_mutex_lock(&s->lock);
     struct serial_regs r = s->r;
     pthread_mutex_unlock(&s->lock);
@@ -212,21 +234,19 @@ static int serial_save(void *dev, struct enc *e)
     return 0;
 }
 
-static int serial_load(void *dev, const struct dec_map *m, uint32_t version)
+static int serial_decode(struct device *d, const struct dec_map *m, uint32_t version, void **out)
 {
-    struct serial *s = dev;
-    struct serial_regs r = {0};
+    (void)d; (void)version;
     uint64_t v[8];
     const char *keys[] = {"ier", "lcr", "mcr", "scr", "dll", "dlm", "fcr", "thr_ipending"};
     const uint8_t *rx;
     uint32_t rxlen;
-    (void)version;
     for (int i = 0; i < 8; i++) {
         int rc = dec_get_uint(m, keys[i], &v[i]);
         if (rc)
             return rc;
-        if (v[i] > 0xff)
-            return vmm_err(EINVAL, "vmstate serial: %s=%llu is not a byte", keys[i],
+        if (v[i] > 0xff || (i == 7 && v[i] > 1))
+            return vmm_err(EINVAL, "vmstate serial: %s=%llu is out of range", keys[i],
                            (unsigned long long)v[i]);
     }
     int rc = dec_get_bin(m, "rx", &rx, &rxlen);
@@ -235,47 +255,63 @@ static int serial_load(void *dev, const struct dec_map *m, uint32_t version)
     if (rxlen > SERIAL_RX_CAP)
         return vmm_err(EINVAL, "vmstate serial: %u bytes of input, the FIFO holds %d", rxlen,
                        SERIAL_RX_CAP);
-    r.ier = (uint8_t)v[0]; r.lcr = (uint8_t)v[1]; r.mcr = (uint8_t)v[2]; r.scr = (uint8_t)v[3];
-    r.dll = (uint8_t)v[4]; r.dlm = (uint8_t)v[5]; r.fcr = (uint8_t)v[6];
-    r.thr_ipending = (uint8_t)v[7];
-    memcpy(r.rx, rx, rxlen);
-    r.rx_len = rxlen;
-    pthread_mutex_lock(&s->lock);
-    s->r = r;
-    s->irq_level = -1;   /* resync the line with the restored registers */
-    update_irq(s);
-    pthread_mutex_unlock(&s->lock);
+    struct serial_regs *r = calloc(1, sizeof(*r));
+    if (!r)
+        return vmm_err(ENOMEM, "out of memory decoding the serial state");
+    r->ier = (uint8_t)(v[0] & 0x0f); r->lcr = (uint8_t)v[1]; r->mcr = (uint8_t)(v[2] & 0x1f);
+    r->scr = (uint8_t)v[3]; r->dll = (uint8_t)v[4]; r->dlm = (uint8_t)v[5];
+    r->fcr = (uint8_t)v[6]; r->thr_ipending = (uint8_t)v[7];
+    memcpy(r->rx, rx, rxlen);
+    r->rx_len = rxlen;
+    *out = r;
     return 0;
 }
 
-static void serial_destroy(void *dev)
+static void serial_apply(struct device *d, void *state)
 {
-    struct serial *s = dev;
-    pthread_mutex_destroy(&s->lock);
-    free(s->out);
-    free(s);
+    struct serial *s = d->priv;
+    pthread_mutex_lock(&s->lock);
+    s->r = *(struct serial_regs *)state;
+    s->irq_level = 0;    /* an interrupt pending in the restored registers is raised again */
+    update_irq(s);
+    pthread_mutex_unlock(&s->lock);
+    free(state);
 }
 
-static const struct device_ops serial_ops = {
-    .name = "serial", .version = SERIAL_STATE_VERSION,
-    .save = serial_save, .load = serial_load, .destroy = serial_destroy,
-};
-
-int serial_create(struct vmm *vm, struct bus *bus, uint64_t base, int irq)
+static void serial_destroy(struct device *d)
 {
+    struct serial *s = d->priv;
+    if (!s)
+        return;
+    pthread_mutex_destroy(&s->lock);
+    if (s->out_fd >= 0)
+        close(s->out_fd);
+    free(s->out);
+    free(s);
+    d->priv = NULL;
+}
+
+static int serial_init(struct device *d, const struct vmm_device_config *cfg)
+{
+    (void)cfg;
     struct serial *s = calloc(1, sizeof(*s));
     if (!s || !(s->out = malloc(SERIAL_OUT_CAP))) {
         free(s);
         return vmm_err(ENOMEM, "out of memory for the serial device");
     }
-    s->vm = vm;
-    s->irq = irq;
     pthread_mutex_init(&s->lock, NULL);
-    int r = vm_add_device(vm, &serial_ops, s);
-    if (r) {
-        serial_destroy(s);
-        return r;
+    s->irq = d->irq;
+    d->priv = s;
+    if ((s->out_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+        int e = errno;
+        serial_destroy(d);
+        return vmm_err(e, "eventfd for serial output: %s", strerror(e));
     }
-    vm->serial = s;
-    return bus_add(bus, base, 8, serial_io, s);
+    return 0;
 }
+
+const struct device_ops serial_ops = {
+    .name = "serial", .version = SERIAL_STATE_VERSION, .init = serial_init,
+    .access = serial_access, .save = serial_save, .decode = serial_decode, .apply = serial_apply,
+    .free_state = free, .destroy = serial_destroy,
+};

@@ -4,15 +4,21 @@
  * Every function returns 0 (or a count) on success and -errno on failure;
  * the failure's message is then readable through vmm_last_error() in the
  * same thread, the way errno works. The library never exits, never prints
- * and keeps no global state: several VMs may live in one process.
+ * and keeps no mutable global state: several VMs may live in one process.
+ *
+ * A handle has one owner. Operations on one VM (start, pause, resume, stop,
+ * snapshot, state get/set, host memory writes and discards) are serialized;
+ * vmm_shutdown() makes every call in flight or to come return, and
+ * vmm_destroy() waits for calls in flight before it frees the VM.
  *
  * cffi reads this file as its cdef, so it holds only declarations cffi can
  * parse: no #include, no macros with expressions, no inline code.
  */
 
-#define VMM_ABI_VERSION 1
+#define VMM_ABI_VERSION 2
 
 #define VMM_MAX_VCPUS 16
+#define VMM_MAX_CONFIG_DEVICES 24
 #define VMM_ERR_LEN 512
 
 struct vmm;
@@ -26,24 +32,41 @@ enum vmm_mem_backend {
 enum vmm_state {
     VMM_STATE_CREATED = 0,  /* built or restored, vCPUs not started */
     VMM_STATE_RUNNING = 1,
-    VMM_STATE_PAUSED = 2,   /* all vCPUs parked; the only state in which state is read */
+    VMM_STATE_PAUSED = 2,   /* vCPUs parked, I/O completed, devices quiesced: state is read here */
     VMM_STATE_STOPPED = 3,  /* guest exited, shut down, or host stopped it */
     VMM_STATE_FAILED = 4    /* an error ended the VM; see vmm_exit_info.message */
 };
 
 enum vmm_stop_reason {
     VMM_STOP_NONE = 0,
-    VMM_STOP_HOST = 1,        /* vmm_stop() */
-    VMM_STOP_GUEST_EXIT = 2,  /* the guest wrote the debug exit port */
+    VMM_STOP_HOST = 1,        /* vmm_stop() / vmm_shutdown() */
+    VMM_STOP_GUEST_EXIT = 2,  /* the guest wrote the debug exit port (test builds) */
     VMM_STOP_SHUTDOWN = 3,    /* triple fault / reset / PSCI off */
     VMM_STOP_ERROR = 4
+};
+
+/* Devices a VM is configured with, beyond the platform's own (serial, ...). The same list is
+ * given to create and to restore: a restore builds its devices from the host's configuration
+ * and refuses a snapshot whose recorded device set differs. Slots (MMIO windows, interrupts)
+ * are handed out in list order. Types below 100 are production devices; 100 and up exist only
+ * in test builds. */
+enum vmm_device_type {
+    VMM_DEV_DEBUG = 100,      /* test builds: exit/mark/counter port */
+    VMM_DEV_TESTDEV = 101     /* test builds: MMIO scratch, counters, doorbell + DMA */
+};
+
+struct vmm_device_config {
+    int type;                  /* enum vmm_device_type */
+    unsigned int id;           /* unique within the VM; names the device's vmstate section */
+    const char *path;          /* backend path, where the device has one; else NULL */
 };
 
 struct vmm_config {
     unsigned int vcpus;            /* 1..VMM_MAX_VCPUS */
     unsigned long long mem_size;   /* bytes, page multiple, 1 MiB..32 GiB */
     int track_dirty;               /* KVM dirty log on, needed for diff snapshots */
-    int debug_devices;             /* debug exit/mark ports and the MMIO test device */
+    unsigned int ndevices;
+    const struct vmm_device_config *devices;
 };
 
 /* Where the flat test-guest loader puts things and how it starts the vCPUs. */
@@ -68,6 +91,7 @@ struct vmm_stats {
     unsigned long long exits_intr;      /* signal kicks, immediate exits */
     unsigned long long exits_other;
     unsigned long long io_unhandled;    /* accesses to no device */
+    unsigned long long io_completions;  /* pauses that had to finish an I/O instruction first */
     unsigned long long uffd_faults;     /* page faults served by the handler */
     unsigned long long uffd_pages;      /* pages those faults installed (with fault-around) */
     unsigned long long uffd_zero_pages; /* of those, served with a zero page */
@@ -79,6 +103,7 @@ struct vmm_stats {
     unsigned long long first_serial_ns; /* CLOCK_MONOTONIC of the first serial byte, 0 = none */
     unsigned long long debug_mark;      /* last value written to the debug mark port */
     unsigned long long debug_marks;     /* how many marks were written */
+    unsigned long long dirty_pages;     /* pages dirtied since the parent snapshot, as last counted */
 };
 
 struct vmm_snapshot_opts {
@@ -89,6 +114,9 @@ struct vmm_restore_opts {
     int backend;               /* VMM_MEM_MMAP or VMM_MEM_UFFD */
     const char *working_set;   /* uffd: page list to install before start, NULL = none */
     int track_dirty;           /* keep dirty logging on in the restored VM */
+    const char *root;          /* NULL, or a directory every snapshot of the chain must lie beneath */
+    unsigned int ndevices;     /* the devices to restore with: as given to vmm_create */
+    const struct vmm_device_config *devices;
 };
 
 struct vmm_snapshot_info {
@@ -97,12 +125,21 @@ struct vmm_snapshot_info {
     int diff;
     unsigned long long pages;  /* pages stored in this layer's memory file */
     unsigned int depth;        /* 0 for a full snapshot, else layers above the base */
+    unsigned char id[16];      /* this snapshot's random id */
+    unsigned int checksum;     /* CRC32C of its vmstate: with the id, what a child names */
 };
 
 const char *vmm_last_error(void);
 const char *vmm_version(void);
 
+/* Probes the host's KVM capabilities once per process (a zygote calls it before forking
+ * workers); every other call probes lazily what it needs. */
+int vmm_host_probe(void);
+
 int vmm_create(const struct vmm_config *cfg, struct vmm **out);
+/* Ends the VM and makes every blocked call (vmm_wait, pause) return; the handle stays valid
+ * until vmm_destroy. Idempotent. */
+void vmm_shutdown(struct vmm *vm);
 void vmm_destroy(struct vmm *vm);
 
 int vmm_load_flat(struct vmm *vm, const void *image, unsigned long long len,
@@ -120,37 +157,31 @@ int vmm_get_stats(struct vmm *vm, struct vmm_stats *out);
 /* Serial: bytes the guest wrote, oldest first; and bytes for the guest to read. */
 int vmm_serial_read(struct vmm *vm, void *buf, unsigned long long len);
 int vmm_serial_write(struct vmm *vm, const void *buf, unsigned long long len);
+/* An eventfd that becomes readable when serial output is waiting (for poll/epoll/asyncio);
+ * owned by the VM, valid until vmm_destroy. */
+int vmm_serial_fd(struct vmm *vm);
 
-/* Host access to guest memory; a write is tracked for diff snapshots. */
+/* Host access to guest memory. A read that cannot be served truthfully (memory file gone,
+ * page server dead) fails; a write is tracked for diff snapshots. */
 int vmm_mem_read(struct vmm *vm, unsigned long long gpa, void *buf, unsigned long long len);
 int vmm_mem_write(struct vmm *vm, unsigned long long gpa, const void *buf, unsigned long long len);
 /* Give pages back (what a balloon does): they read as zero afterwards. */
 int vmm_mem_discard(struct vmm *vm, unsigned long long gpa, unsigned long long len);
 
-/* Snapshots: `dir` must exist; writes dir/vmstate and dir/memory. VM must be paused. */
+/* Snapshots: `dir` must exist and hold no snapshot; writes dir/vmstate and dir/memory, durable
+ * before it returns. The VM must be paused (or created and never started). */
 int vmm_snapshot(struct vmm *vm, const char *dir, const struct vmm_snapshot_opts *opts);
 int vmm_restore(const char *dir, const struct vmm_restore_opts *opts, struct vmm **out);
 int vmm_snapshot_inspect(const char *dir, struct vmm_snapshot_info *info);
+/* Memory files are made immutable while a VM may map them; the snapshot's owner calls this
+ * before deleting the directory, once no VM uses it. */
+int vmm_snapshot_release(const char *dir);
 
-/* The encoded vmstate of a paused or created VM, and loading one into it. */
+/* The encoded vmstate of a paused or created VM, and loading one into it. A load that fails
+ * after it began changing the VM leaves the VM FAILED, never half-loaded and runnable. */
 int vmm_state_size(struct vmm *vm, unsigned long long *size);
 int vmm_state_get(struct vmm *vm, void *buf, unsigned long long len, unsigned long long *used);
 int vmm_state_set(struct vmm *vm, const void *buf, unsigned long long len);
 
 /* uffd: the pages faulted in, in first-touch order, saved for a later restore. */
 int vmm_working_set_save(struct vmm *vm, const char *path);
-
-/* Fault injection for tests of the failure paths. */
-enum vmm_inject {
-    VMM_INJECT_UFFD_HANDLER_DEATH = 1
-};
-int vmm_inject(struct vmm *vm, int what);
-
-/* Measurement helpers for benches/: each measures the floor a real path is compared with. */
-/* mmap + KVM_CREATE_VM + vCPU + registers, run until the first serial byte. `regs` is vCPU 0's
- * "regs" field from a snapshot's vmstate (the general registers as KVM stores them). */
-int vmm_bench_floor(const char *memory_file, unsigned long long mem_size,
-                    const void *regs, unsigned long long regs_len,
-                    unsigned long long *first_byte_ns);
-/* A raw UFFDIO_COPY loop over npages; nanoseconds it took. */
-int vmm_bench_uffd_copy(unsigned long long npages, unsigned long long *ns);

@@ -5,6 +5,7 @@ import hashlib
 import os
 import pathlib
 import shutil
+import struct
 import subprocess
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -64,3 +65,14 @@ def build(name: str, arch: str = "x86_64") -> bytes:
 def machine_arch() -> str:
     import platform
     return {"arm64": "aarch64"}.get(platform.machine(), platform.machine())
+
+
+def devices():
+    """What every test guest expects: the debug port and the MMIO test device (first slot)."""
+    from vmmd.native import Device, DeviceType
+    return (Device(DeviceType.DEBUG), Device(DeviceType.TESTDEV))
+
+
+def params(go=0, iterations=0, pages=0, stride=1, write=0, tick_mask=0) -> bytes:
+    """The params block at PARAMS (struct params in guest.h)."""
+    return struct.pack("<6Q", go, iterations, pages, stride, write, tick_mask)

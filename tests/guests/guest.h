@@ -3,6 +3,8 @@
  * mapped, interrupts off (DESIGN §9); rdi holds the vCPU index on entry.
  * Memory map (guest-physical): 0x8000 params from the host, 0x9000 results (64 bytes a vCPU),
  * 0x300000..0x400000 stacks, 0x400000 the image, 0x1000000 (16 MiB) up: data pages.
+ * Devices: serial 0x3f8, debug port 0x500 (+0 exit, +4 mark, +8 counter), the MMIO test device
+ * in the first MMIO slot at 0xd0000000 (native/devices/test/testdev.c has its registers).
  */
 #ifndef GUEST_H
 #define GUEST_H
@@ -27,11 +29,13 @@ struct params {
 #define SERIAL 0x3f8
 #define DEBUG_EXIT 0x500
 #define DEBUG_MARK 0x504
+#define DEBUG_COUNTER 0x508      /* read: ++reads; write: the guest's count of its writes */
 #define TESTDEV ((volatile u64 *)0xd0000000)
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 
 static inline void putc(char c)
 {

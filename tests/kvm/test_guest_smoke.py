@@ -3,6 +3,8 @@
 It runs on the development machine and inside each emulated host (tests/e2e)."""
 import pytest
 
+from guests import devices as guest_devices
+
 from guests import ARCH, build, machine_arch
 from vmmd.native import VM, StopReason
 
@@ -12,7 +14,7 @@ pytestmark = pytest.mark.kvm
 def test_hello_guest_prints_and_exits():
     arch = machine_arch()
     a = ARCH[arch]
-    with VM.create(1, 64 << 20, debug_devices=True) as vm:
+    with VM.create(1, 64 << 20, devices=guest_devices()) as vm:
         vm.load_flat(build("hello", arch), a["load"], stack_top=a["stack"])
         vm.start()
         info = vm.wait(60)

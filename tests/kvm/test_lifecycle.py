@@ -3,6 +3,8 @@ import time
 
 import pytest
 
+from guests import devices as guest_devices
+
 from vmmd.native import VM, State, StopReason, VmmError
 
 pytestmark = pytest.mark.kvm
@@ -102,7 +104,7 @@ def test_sixteen_vcpus_and_32_gib_are_accepted():
 
 
 def test_image_outside_memory_is_refused():
-    with VM.create(1, 16 << 20, debug_devices=True) as vm:
+    with VM.create(1, 16 << 20, devices=guest_devices()) as vm:
         with pytest.raises(VmmError, match="does not fit"):
             vm.load_flat(b"\x90" * 4096, (16 << 20) - 100, stack_top=0x400000)
 

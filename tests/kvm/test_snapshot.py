@@ -1,45 +1,16 @@
 """Snapshots: a restored VM continues exactly where it stopped, with either backend."""
-import hashlib
 import os
-import random
-import time
 
 import pytest
 
 from guests import DATA
-from helpers import decode
+from helpers import decode, page_hashes, run_more, run_then_snapshot
 from vmmd.native import Backend, State, StopReason, VmmError, snapshot_info
 
 pytestmark = pytest.mark.kvm
 BACKENDS = [Backend.MMAP, Backend.UFFD]
 MEM = 64 << 20
 PAGE = 4096
-
-
-def page_hashes(vm, size=MEM):
-    data = vm.mem_read(0, size)
-    return [hashlib.blake2b(data[i:i + PAGE], digest_size=16).digest()
-            for i in range(0, size, PAGE)]
-
-
-def run_then_snapshot(microvm_factory, tmp_path, name="base", **kw):
-    vm = microvm_factory("counter", start=True, **kw)
-    vm.wait_result_above(100_000)
-    time.sleep(random.uniform(0.001, 0.05))      # an arbitrary moment
-    vm.pause()
-    snap = tmp_path / name
-    vm.snapshot(snap)
-    return vm, snap
-
-
-def run_more(vm, count=1_000_000):
-    """Resumes (or starts) the counter guest, lets it count `count` more, pauses it again."""
-    if vm.state == State.CREATED:
-        vm.start()
-    else:
-        vm.resume()
-    vm.wait_result_above(vm.result() + count)
-    vm.pause()
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name.lower())

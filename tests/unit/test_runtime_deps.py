@@ -7,7 +7,8 @@ import tomllib
 import pytest
 
 PYPROJECT = pathlib.Path(__file__).resolve().parents[2] / "pyproject.toml"
-MODULES = {"grpcio": "grpc", "protobuf": "google.protobuf"}
+MODULES = {"grpcio": "grpc", "protobuf": "google.protobuf", "grpcio-health-checking": "grpc_health",
+           "grpcio-reflection": "grpc_reflection"}
 
 
 def runtime_deps():

@@ -1,26 +1,46 @@
 /*
- * aarch64 VM: RAM from 2 GiB up, devices on MMIO below it, vCPUs via KVM_ARM_VCPU_INIT, and the
- * flat boot of test guests at EL1 with the MMU off. The vGICv3, PSCI-based SMP bring-up, FDT
- * and snapshots come with the Linux-guest and snapshot work; until then state calls refuse.
+ * aarch64 VM: RAM from 2 GiB up, devices on MMIO below it, a vGICv3 created before the vCPUs
+ * and initialized after them, vCPUs via KVM_ARM_VCPU_INIT (secondaries powered off until PSCI
+ * CPU_ON), and the flat boot of test guests at EL1 with the MMU off. Snapshots of arm64 VMs
+ * (every register from KVM_GET_REG_LIST, the vGIC state) come with the Linux-guest work; until
+ * then the state calls refuse.
  */
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 #include "../../arch.h"
-#include "../../devices/devices.h"
 
 #define DRAM_START    0x80000000ULL
+#define GIC_DIST      0x08000000ULL
+#define GIC_DIST_SIZE 0x10000ULL
+#define GIC_REDIST    0x080a0000ULL     /* two 64 KiB frames per vCPU */
+#define GIC_REDIST_SIZE_PER_CPU 0x20000ULL
+#define GIC_NR_IRQS   128               /* 32 private + 96 SPIs */
 #define SERIAL_MMIO   0x40001000ULL
+#define SERIAL_GSI    1                 /* SPI 1 */
 #define DEBUG_MMIO    0x40002000ULL
-#define TESTDEV_MMIO  0x40003000ULL
+#define MMIO_SLOT_BASE 0x40003000ULL    /* one 4 KiB window per configured device */
+#define MMIO_SLOT_SIZE 0x1000ULL
+#define MMIO_SLOT_GSI 16
+#define MMIO_SLOTS    32
 #define PSTATE_EL1H_DAIF 0x3c5ULL      /* EL1 with SP_EL1, D/A/I/F masked */
 
 #define CORE_REG(field) (KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | \
                          (offsetof(struct kvm_regs, field) / sizeof(uint32_t)))
 
+struct arm_vm {
+    struct kvm_vcpu_init init;     /* the preferred target, PSCI 0.2 */
+    int gic_fd;
+};
+
+static struct arm_vm *arm(struct vmm *vm) { return vm->arch; }
+
 uint32_t arch_id(void) { return ARCH_AARCH64; }
+
+int arch_host_probe(void) { return 0; }
 
 int arch_memory_layout(uint64_t size, uint64_t *gpas, uint64_t *sizes, int max)
 {
@@ -33,47 +53,59 @@ int arch_memory_layout(uint64_t size, uint64_t *gpas, uint64_t *sizes, int max)
 
 int arch_vm_init(struct vmm *vm)
 {
-    struct kvm_vcpu_init *init = calloc(1, sizeof(*init));
-    if (!init)
+    struct arm_vm *a = calloc(1, sizeof(*a));
+    if (!a)
         return vmm_err(ENOMEM, "out of memory for aarch64 VM data");
-    vm->arch = init;
-    if (ioctl(vm->vm_fd, KVM_ARM_PREFERRED_TARGET, init) < 0)
+    a->gic_fd = -1;
+    vm->arch = a;
+    if (ioctl(vm->vm_fd, KVM_ARM_PREFERRED_TARGET, &a->init) < 0)
         return vmm_err(errno, "KVM_ARM_PREFERRED_TARGET: %m");
-    init->features[0] |= 1u << KVM_ARM_VCPU_PSCI_0_2;
+    a->init.features[0] |= 1u << KVM_ARM_VCPU_PSCI_0_2;
     return 0;
 }
 
-int arch_irqchip_init(struct vmm *vm)
+static int gic_attr(int fd, uint32_t group, uint64_t attr, void *val)
 {
-    (void)vm;   /* vGICv3 arrives with the Linux-guest work; test guests take no interrupts */
+    struct kvm_device_attr a = {.group = group, .attr = attr, .addr = (uint64_t)(uintptr_t)val};
+    if (ioctl(fd, KVM_SET_DEVICE_ATTR, &a) < 0)
+        return vmm_err(errno, "vGIC attribute %u/%llu: %m", group, (unsigned long long)attr);
     return 0;
+}
+
+int arch_irqchip_create(struct vmm *vm)
+{
+    struct kvm_create_device d = {.type = KVM_DEV_TYPE_ARM_VGIC_V3};
+    if (ioctl(vm->vm_fd, KVM_CREATE_DEVICE, &d) < 0)
+        return vmm_err(errno, "KVM_CREATE_DEVICE vGICv3: %m (the host needs a GICv3)");
+    arm(vm)->gic_fd = (int)d.fd;
+    uint64_t dist = GIC_DIST, redist = GIC_REDIST;
+    int r = gic_attr(d.fd, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V3_ADDR_TYPE_DIST, &dist);
+    return r ? r : gic_attr(d.fd, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V3_ADDR_TYPE_REDIST, &redist);
+}
+
+/* The vGIC sizes its redistributors from the vCPUs, so it is initialized after all exist. */
+int arch_irqchip_finalize(struct vmm *vm)
+{
+    int fd = arm(vm)->gic_fd;
+    uint32_t nr = GIC_NR_IRQS;
+    int r = gic_attr(fd, KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, &nr);
+    return r ? r : gic_attr(fd, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT, NULL);
 }
 
 void arch_vm_destroy(struct vmm *vm)
 {
-    free(vm->arch);
+    struct arm_vm *a = vm->arch;
+    if (a->gic_fd >= 0)
+        close(a->gic_fd);
+    free(a);
     vm->arch = NULL;
 }
 
-int arch_irq_line(struct vmm *vm, int irq, int level)
+int arch_vcpu_init(struct vmm *vm, struct vcpu *c)
 {
-    (void)vm; (void)irq; (void)level;
-    return vmm_err(ENOSYS, "no interrupt controller on aarch64 yet");
-}
-
-int arch_platform_devices(struct vmm *vm)
-{
-    int r = serial_create(vm, &vm->mmio, SERIAL_MMIO, 0);
-    if (r || !vm->cfg.debug_devices)
-        return r;
-    if ((r = debugport_create(vm, &vm->mmio, DEBUG_MMIO)))
-        return r;
-    return testdev_create(vm, &vm->mmio, TESTDEV_MMIO);
-}
-
-static int vcpu_init(struct vmm *vm, struct vcpu *c)
-{
-    struct kvm_vcpu_init init = *(struct kvm_vcpu_init *)vm->arch;
+    struct kvm_vcpu_init init = arm(vm)->init;
+    if (c->id > 0)
+        init.features[0] |= 1u << KVM_ARM_VCPU_POWER_OFF;   /* until PSCI CPU_ON */
     if (ioctl(c->fd, KVM_ARM_VCPU_INIT, &init) < 0)
         return vmm_err(errno, "KVM_ARM_VCPU_INIT on vCPU %d: %m", c->id);
     return 0;
@@ -81,13 +113,38 @@ static int vcpu_init(struct vmm *vm, struct vcpu *c)
 
 int arch_vcpu_defaults(struct vmm *vm, struct vcpu *c)
 {
-    return vcpu_init(vm, c);
+    (void)vm; (void)c;   /* KVM_ARM_VCPU_INIT (arch_vcpu_init) set the reset state */
+    return 0;
 }
 
 int arch_vcpu_resumed(struct vmm *vm, struct vcpu *c)
 {
     (void)vm; (void)c;
     return 0;
+}
+
+int arch_device_slot(int type, uint32_t mmio_index, struct arch_slot *out)
+{
+    switch (type) {
+    case DEV_SERIAL:
+        *out = (struct arch_slot){DEV_BUS_MMIO, SERIAL_MMIO, 0x1000, SERIAL_GSI};
+        return 0;
+    case VMM_DEV_DEBUG:
+        *out = (struct arch_slot){DEV_BUS_MMIO, DEBUG_MMIO, 0x1000, 0};
+        return 0;
+    default:
+        if (mmio_index >= MMIO_SLOTS)
+            return vmm_err(ENOSPC, "no MMIO slot left for another device (%d on aarch64)",
+                           MMIO_SLOTS);
+        *out = (struct arch_slot){DEV_BUS_MMIO, MMIO_SLOT_BASE + mmio_index * MMIO_SLOT_SIZE,
+                                  MMIO_SLOT_SIZE, MMIO_SLOT_GSI + mmio_index, true};
+        return 0;
+    }
+}
+
+int arch_platform_devices(struct vmm *vm)
+{
+    return devmgr_add(vm, DEV_SERIAL, 0, NULL);
 }
 
 static int set_reg(int fd, uint64_t id, uint64_t value)
@@ -103,6 +160,9 @@ int arch_flat_boot(struct vmm *vm, const struct vmm_flat_boot *b)
 {
     for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
         int fd = vm->vcpus[i].fd, r;
+        struct kvm_mp_state mp = {.mp_state = KVM_MP_STATE_RUNNABLE};   /* secondaries too */
+        if (ioctl(fd, KVM_SET_MP_STATE, &mp) < 0)
+            return vmm_err(errno, "KVM_SET_MP_STATE on vCPU %u: %m", i);
         if ((r = set_reg(fd, CORE_REG(regs.pc), b->entry)) ||
             (r = set_reg(fd, CORE_REG(regs.pstate), PSTATE_EL1H_DAIF)) ||
             (r = set_reg(fd, CORE_REG(sp_el1), b->stack_top - (uint64_t)i * b->stack_size)) ||
@@ -112,24 +172,46 @@ int arch_flat_boot(struct vmm *vm, const struct vmm_flat_boot *b)
     return 0;
 }
 
+bool arch_vcpus_first(void) { return true; }
+
 static int no_snapshots(void)
 {
-    return vmm_err(ENOTSUP, "snapshots of aarch64 VMs are not implemented yet (vGIC and system "
-                   "registers come first)");
+    return vmm_err(ENOTSUP, "snapshots of aarch64 VMs are not implemented yet (every register "
+                   "from KVM_GET_REG_LIST and the vGIC state come with Linux guests)");
 }
 
+struct arch_vm_state { int unused; };
+struct arch_vcpu_state { int unused; };
+
 int arch_vm_save(struct vmm *vm, struct enc *e) { (void)vm; (void)e; return no_snapshots(); }
-int arch_vm_load(struct vmm *vm, const struct dec_map *m) { (void)vm; (void)m; return no_snapshots(); }
+int arch_vm_decode(struct vmm *vm, const struct dec_map *m, struct arch_vm_state **out)
+{
+    (void)vm; (void)m; (void)out;
+    return no_snapshots();
+}
+int arch_vm_apply(struct vmm *vm, const struct arch_vm_state *s)
+{
+    (void)vm; (void)s;
+    return no_snapshots();
+}
 int arch_vcpu_save(struct vmm *vm, struct vcpu *c, struct enc *e)
 {
     (void)vm; (void)c; (void)e;
     return no_snapshots();
 }
-int arch_vcpu_load(struct vmm *vm, struct vcpu *c, const struct dec_map *m)
+int arch_vcpu_decode(struct vmm *vm, struct vcpu *c, const struct dec_map *m,
+                     struct arch_vcpu_state **out)
 {
-    (void)vm; (void)c; (void)m;
+    (void)vm; (void)c; (void)m; (void)out;
     return no_snapshots();
 }
+int arch_vcpu_apply(struct vmm *vm, struct vcpu *c, const struct arch_vcpu_state *s)
+{
+    (void)vm; (void)c; (void)s;
+    return no_snapshots();
+}
+void arch_vm_state_free(struct arch_vm_state *s) { free(s); }
+void arch_vcpu_state_free(struct arch_vcpu_state *s) { free(s); }
 
 int arch_flat_vcpu_regs(int vcpu_fd, const void *regs, size_t len)
 {

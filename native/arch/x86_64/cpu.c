@@ -1,8 +1,12 @@
-/* x86_64 vCPU set-up: CPUID, the MSR list, and the flat CPL3 long-mode boot of test guests. */
+/* x86_64 vCPU set-up: host capabilities, CPUID, and the flat CPL3 long-mode boot of test guests. */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 #include "x86.h"
 
 /* Flat boot puts its tables at fixed low addresses; the guest image must avoid [0x500, 0x8000). */
@@ -32,6 +36,15 @@
 #define RFLAGS_IOPL3 0x3000ULL
 #define RFLAGS_FIXED 0x2ULL
 
+/* ---------- host capabilities: probed once per process ---------- */
+
+/* The one piece of process-wide state: facts about the machine, written once under
+ * pthread_once and read-only after; several VMs in one process share them safely. */
+static pthread_once_t caps_once = PTHREAD_ONCE_INIT;
+static struct x86_caps caps;
+static int caps_err;
+static char caps_msg[VMM_ERR_LEN];
+
 static int cmp_msr(const void *a, const void *b)
 {
     /* TSC first: writing it later would move the deadline timer it is relative to */
@@ -41,42 +54,119 @@ static int cmp_msr(const void *a, const void *b)
     return kx != ky ? kx - ky : (x > y) - (x < y);
 }
 
-/* Which MSRs this host's KVM lets us read from a vCPU: the index list, minus any GET refuses. */
-int x86_probe_msrs(struct vmm *vm, int vcpu_fd)
+static int probe_cpuid(int kvm)
 {
-    struct x86_vm *a = x86(vm);
-    if (a->msrs_probed)
-        return 0;
-    struct {
-        struct kvm_msr_list h;
-        uint32_t idx[X86_MAX_MSRS];
-    } list = {.h.nmsrs = X86_MAX_MSRS};
-    if (ioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, &list) < 0)
-        return vmm_err(errno, "KVM_GET_MSR_INDEX_LIST: %m");
-    a->nmsrs = 0;
-    for (uint32_t i = 0; i < list.h.nmsrs && i < X86_MAX_MSRS; i++) {
+    for (uint32_t n = 256; n <= X86_MAX_CPUID; n *= 2) {
+        struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
+        if (!c)
+            return vmm_err(ENOMEM, "out of memory for CPUID");
+        c->nent = n;
+        if (ioctl(kvm, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+            caps.cpuid = c;
+            return 0;
+        }
+        int e = errno;
+        free(c);
+        if (e != E2BIG)
+            return vmm_err(e, "KVM_GET_SUPPORTED_CPUID: %s", strerror(e));
+    }
+    return vmm_err(E2BIG, "KVM_GET_SUPPORTED_CPUID wants more than %d entries", X86_MAX_CPUID);
+}
+
+/* The index list sized from what KVM says it holds, minus the MSRs a vCPU refuses to give. */
+static int probe_msrs(int kvm, int vcpu)
+{
+    struct kvm_msr_list probe = {.nmsrs = 0};
+    if (ioctl(kvm, KVM_GET_MSR_INDEX_LIST, &probe) == 0 || errno != E2BIG)
+        return vmm_err(errno ? errno : EIO, "KVM_GET_MSR_INDEX_LIST did not report its size");
+    uint32_t n = probe.nmsrs;
+    if (n > X86_MAX_MSRS)
+        return vmm_err(E2BIG, "KVM lists %u MSRs, more than %d", n, X86_MAX_MSRS);
+    struct kvm_msr_list *list = calloc(1, sizeof(*list) + n * sizeof(uint32_t));
+    caps.msrs = calloc(n ? n : 1, sizeof(uint32_t));
+    if (!list || !caps.msrs) {
+        free(list);
+        return vmm_err(ENOMEM, "out of memory for the MSR list");
+    }
+    list->nmsrs = n;
+    if (ioctl(kvm, KVM_GET_MSR_INDEX_LIST, list) < 0) {
+        int e = errno;
+        free(list);
+        return vmm_err(e, "KVM_GET_MSR_INDEX_LIST: %s", strerror(e));
+    }
+    for (uint32_t i = 0; i < list->nmsrs && i < n; i++) {
         struct {
             struct kvm_msrs h;
             struct kvm_msr_entry e;
-        } one = {.h.nmsrs = 1, .e.index = list.idx[i]};
-        if (ioctl(vcpu_fd, KVM_GET_MSRS, &one) == 1)
-            a->msrs[a->nmsrs++] = list.idx[i];
+        } one = {.h.nmsrs = 1, .e.index = list->indices[i]};
+        if (ioctl(vcpu, KVM_GET_MSRS, &one) == 1)
+            caps.msrs[caps.nmsrs++] = list->indices[i];
     }
-    qsort(a->msrs, a->nmsrs, sizeof(uint32_t), cmp_msr);
-    a->msrs_probed = true;
+    free(list);
+    qsort(caps.msrs, caps.nmsrs, sizeof(uint32_t), cmp_msr);
     return 0;
 }
 
-int x86_probe(struct vmm *vm)
+/* A throwaway VM with an irqchip and one vCPU: some MSRs exist only with a local APIC. */
+static int probe(void)
 {
-    struct x86_vm *a = calloc(1, sizeof(*a));
-    if (!a)
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC), vmfd = -1, vcpu = -1, r;
+    if (kvm < 0)
+        return vmm_err(errno, "open /dev/kvm: %m");
+    int xs = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+    caps.xsave_size = xs > (int)sizeof(struct kvm_xsave) ? (uint32_t)xs : sizeof(struct kvm_xsave);
+    caps.tsc_control = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_TSC_CONTROL) > 0;
+    if ((r = probe_cpuid(kvm)))
+        goto out;
+    if ((vmfd = ioctl(kvm, KVM_CREATE_VM, 0)) < 0 || ioctl(vmfd, KVM_CREATE_IRQCHIP, 0) < 0 ||
+        (vcpu = ioctl(vmfd, KVM_CREATE_VCPU, 0)) < 0) {
+        r = vmm_err(errno, "a VM to probe MSRs with: %m");
+        goto out;
+    }
+    if (ioctl(vcpu, KVM_SET_CPUID2, caps.cpuid) < 0) {
+        r = vmm_err(errno, "KVM_SET_CPUID2 while probing: %m");
+        goto out;
+    }
+    r = probe_msrs(kvm, vcpu);
+out:
+    if (vcpu >= 0)
+        close(vcpu);
+    if (vmfd >= 0)
+        close(vmfd);
+    close(kvm);
+    return r;
+}
+
+static void probe_once(void)
+{
+    caps_err = probe();
+    if (caps_err)
+        snprintf(caps_msg, sizeof(caps_msg), "%s", vmm_last_error());
+}
+
+const struct x86_caps *x86_caps(void)
+{
+    pthread_once(&caps_once, probe_once);
+    if (caps_err) {
+        vmm_err(-caps_err, "probing the host's KVM: %s", caps_msg);
+        return NULL;
+    }
+    return &caps;
+}
+
+int arch_host_probe(void)
+{
+    return x86_caps() ? 0 : -EIO;
+}
+
+int x86_vm_alloc(struct vmm *vm)
+{
+    if (!(vm->arch = calloc(1, sizeof(struct x86_vm))))
         return vmm_err(ENOMEM, "out of memory for x86 VM data");
-    vm->arch = a;
-    int xs = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
-    a->xsave_size = xs > (int)sizeof(struct kvm_xsave) ? (uint32_t)xs : sizeof(struct kvm_xsave);
     return 0;
 }
+
+/* ---------- vCPUs ---------- */
 
 static void normalize_cpuid(struct kvm_cpuid2 *c, int id)
 {
@@ -95,24 +185,28 @@ static void normalize_cpuid(struct kvm_cpuid2 *c, int id)
     }
 }
 
+int arch_vcpu_init(struct vmm *vm, struct vcpu *c)
+{
+    (void)vm; (void)c;   /* x86 vCPUs need nothing before their state is set */
+    return 0;
+}
+
 int arch_vcpu_defaults(struct vmm *vm, struct vcpu *c)
 {
-    struct x86_vm *a = x86(vm);
-    if (!a->cpuid_fetched) {
-        a->cpuid.h.nent = X86_MAX_CPUID;
-        if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, &a->cpuid) < 0)
-            return vmm_err(errno, "KVM_GET_SUPPORTED_CPUID: %m");
-        a->cpuid_fetched = true;
-    }
-    struct {
-        struct kvm_cpuid2 h;
-        struct kvm_cpuid_entry2 e[X86_MAX_CPUID];
-    } cpuid;
-    memcpy(&cpuid, &a->cpuid, sizeof(cpuid));
-    normalize_cpuid(&cpuid.h, c->id);
-    if (ioctl(c->fd, KVM_SET_CPUID2, &cpuid) < 0)
-        return vmm_err(errno, "KVM_SET_CPUID2 on vCPU %d: %m", c->id);
-    return 0;
+    (void)vm;
+    const struct x86_caps *hc = x86_caps();
+    if (!hc)
+        return -EIO;
+    size_t size = sizeof(*hc->cpuid) + hc->cpuid->nent * sizeof(hc->cpuid->entries[0]);
+    struct kvm_cpuid2 *cpuid = malloc(size);
+    if (!cpuid)
+        return vmm_err(ENOMEM, "out of memory for CPUID");
+    memcpy(cpuid, hc->cpuid, size);
+    normalize_cpuid(cpuid, c->id);
+    int r = ioctl(c->fd, KVM_SET_CPUID2, cpuid) < 0
+                ? vmm_err(errno, "KVM_SET_CPUID2 on vCPU %d: %m", c->id) : 0;
+    free(cpuid);
+    return r;
 }
 
 int arch_vcpu_resumed(struct vmm *vm, struct vcpu *c)
@@ -123,6 +217,8 @@ int arch_vcpu_resumed(struct vmm *vm, struct vcpu *c)
         return vmm_err(errno, "KVM_KVMCLOCK_CTRL on vCPU %d: %m", c->id);
     return 0;
 }
+
+/* ---------- flat boot of test guests ---------- */
 
 static void flat_sregs(struct kvm_sregs *s)
 {
@@ -161,7 +257,7 @@ static int flat_regs(int fd, uint64_t rip, uint64_t rsp, uint64_t id)
  */
 int arch_flat_boot(struct vmm *vm, const struct vmm_flat_boot *b)
 {
-    uint8_t *low = mem_hva(&vm->mem, 0, FLAT_RESERVED_END);
+    uint8_t *low = gm_slice(&vm->mem, 0, FLAT_RESERVED_END, true);
     if (!low)
         return vmm_err(EINVAL, "flat boot needs guest memory at [0, 0x%llx)", FLAT_RESERVED_END);
     uint64_t *gdt = (uint64_t *)(low + GDT_ADDR);
@@ -179,10 +275,12 @@ int arch_flat_boot(struct vmm *vm, const struct vmm_flat_boot *b)
         for (int j = 0; j < 512; j++)
             pd[j] = (((uint64_t)i << 30) + ((uint64_t)j << 21)) | PTE_P | PTE_RW | PTE_US | PTE_PS;
     }
-    mem_mark_dirty(&vm->mem, 0, FLAT_RESERVED_END);
+    int r = gm_done(&vm->mem);
+    if (r)
+        return r;
     for (unsigned i = 0; i < vm->cfg.vcpus; i++) {
         struct vcpu *c = &vm->vcpus[i];
-        int r = flat_regs(c->fd, b->entry, b->stack_top - (uint64_t)i * b->stack_size, i);
+        r = flat_regs(c->fd, b->entry, b->stack_top - (uint64_t)i * b->stack_size, i);
         if (r)
             return vmm_err_ctx(r, "vCPU %u", i);
         /* APs would otherwise wait for INIT/SIPI in the in-kernel LAPIC */

@@ -10,20 +10,32 @@
 
 static int passed, failed;
 
-/* vcpu.c's thread code calls these; the pure exit handler under test never does. */
-void vm_end(struct vmm *vm, int reason, long long code, const char *msg) { abort(); }
-int arch_vcpu_resumed(struct vmm *vm, struct vcpu *c) { abort(); }
 #define CHECK(cond) do { if (cond) passed++; else { failed++; \
     printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); } } while (0)
 
-struct rec { uint64_t off; uint32_t len; bool w; uint8_t last; int calls; };
+struct rec { uint64_t off; uint32_t len; bool w; uint8_t last; int calls; bool exit_on_write; };
 
-static int record(void *ctx, uint64_t off, uint8_t *data, uint32_t len, bool is_write)
+static int record(struct device *d, uint64_t off, uint8_t *data, uint32_t len, bool is_write,
+                  struct bus_req *req)
 {
-    struct rec *r = ctx;
+    struct rec *r = d->priv;
     r->off = off; r->len = len; r->w = is_write; r->calls++;
     if (is_write) r->last = data[0]; else memset(data, 0x42, len);
+    if (is_write && r->exit_on_write) {
+        req->kind = BUS_REQ_GUEST_EXIT;
+        req->value = data[0];
+    }
     return 0;
+}
+
+static const struct device_ops rec_ops = {.name = "rec", .access = record};
+
+static struct device *rec_dev(struct rec *r)
+{
+    static struct device devs[8];   /* test fixture only */
+    static int n;
+    devs[n % 8] = (struct device){.ops = &rec_ops, .priv = r};
+    return &devs[n++ % 8];
 }
 
 static size_t run_size(void) { return 4096; }
@@ -36,13 +48,14 @@ static void test_pio_out_dispatches_every_rep(void)
     struct rec r = {0};
     char err[128];
     int un;
-    CHECK(bus_add(&pio, 0x3f8, 8, record, &r) == 0);
+    struct bus_req req;
+    CHECK(bus_add(&pio, 0x3f8, 8, rec_dev(&r)) == 0);
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_IO;
     run->io.direction = KVM_EXIT_IO_OUT;
     run->io.port = 0x3f8; run->io.size = 1; run->io.count = 3; run->io.data_offset = 1024;
     memcpy((uint8_t *)run + 1024, "abc", 3);
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_CONTINUE);
     CHECK(r.calls == 3 && r.last == 'c' && r.w && un == 0);
     free(run);
 }
@@ -52,11 +65,12 @@ static void test_pio_read_of_nothing_floats_high(void)
     struct bus pio = {0}, mmio = {0};
     char err[128];
     int un;
+    struct bus_req req;
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_IO;
     run->io.direction = KVM_EXIT_IO_IN;
     run->io.port = 0x80; run->io.size = 4; run->io.count = 1; run->io.data_offset = 1024;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_CONTINUE);
     CHECK(*(uint32_t *)((uint8_t *)run + 1024) == 0xffffffffu && un == 1);
     free(run);
 }
@@ -66,18 +80,19 @@ static void test_hostile_pio_exits_are_errors(void)
     struct bus pio = {0}, mmio = {0};
     char err[128];
     int un;
+    struct bus_req req;
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_IO;
     run->io.size = 4; run->io.count = 2000; run->io.data_offset = 1024;      /* past the page */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     run->io.count = 1000;                                                   /* fits, not at 1024 */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     run->io.count = 1; run->io.data_offset = 1u << 30;                      /* offset outside */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     run->io.data_offset = 1024; run->io.size = 3;                            /* no such width */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     run->io.size = 1; run->io.count = 0xffffffffu; run->io.data_offset = 8;  /* wraps if unchecked */
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     free(run);
 }
 
@@ -87,20 +102,21 @@ static void test_mmio_dispatch_and_bad_length(void)
     struct rec r = {0};
     char err[128];
     int un;
-    CHECK(bus_add(&mmio, 0xd0000000, 0x1000, record, &r) == 0);
+    struct bus_req req;
+    CHECK(bus_add(&mmio, 0xd0000000, 0x1000, rec_dev(&r)) == 0);
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_MMIO;
     run->mmio.phys_addr = 0xd0000010; run->mmio.len = 8; run->mmio.is_write = 0;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_CONTINUE);
     CHECK(r.off == 0x10 && r.len == 8 && run->mmio.data[7] == 0x42);
     run->mmio.phys_addr = 0xd0000ffc;          /* straddles the end: nobody owns it */
     r.calls = 0;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_CONTINUE);
     CHECK(r.calls == 0 && run->mmio.data[0] == 0xff && un == 1);
     run->mmio.len = 9;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     run->mmio.len = 0;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     free(run);
 }
 
@@ -109,16 +125,17 @@ static void test_other_exits(void)
     struct bus pio = {0}, mmio = {0};
     char err[128];
     int un;
+    struct bus_req req;
     struct kvm_run *run = new_run();
     run->exit_reason = KVM_EXIT_SHUTDOWN;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_SHUTDOWN);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_SHUTDOWN);
     run->exit_reason = KVM_EXIT_INTR;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_CONTINUE);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_CONTINUE);
     run->exit_reason = KVM_EXIT_INTERNAL_ERROR;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     CHECK(strstr(err, "INTERNAL_ERROR") != NULL);
     run->exit_reason = 9999;
-    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, err, sizeof(err)) == EXIT_ERROR);
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     free(run);
 }
 
@@ -126,14 +143,15 @@ static void test_bus_refuses_overlap_and_wrap(void)
 {
     struct bus b = {0};
     struct rec r = {0};
-    CHECK(bus_add(&b, 0x100, 0x10, record, &r) == 0);
-    CHECK(bus_add(&b, 0x108, 0x10, record, &r) < 0);
-    CHECK(bus_add(&b, 0x0f8, 0x10, record, &r) < 0);
-    CHECK(bus_add(&b, ~0ULL - 4, 0x10, record, &r) < 0);
-    CHECK(bus_add(&b, 0x50, 0x10, record, &r) == 0);   /* sorted insert before */
+    CHECK(bus_add(&b, 0x100, 0x10, rec_dev(&r)) == 0);
+    CHECK(bus_add(&b, 0x108, 0x10, rec_dev(&r)) < 0);
+    CHECK(bus_add(&b, 0x0f8, 0x10, rec_dev(&r)) < 0);
+    CHECK(bus_add(&b, ~0ULL - 4, 0x10, rec_dev(&r)) < 0);
+    CHECK(bus_add(&b, 0x50, 0x10, rec_dev(&r)) == 0);   /* sorted insert before */
     uint8_t d[1];
-    CHECK(bus_dispatch(&b, 0x55, d, 1, false) == 1 && r.off == 5);
-    CHECK(bus_dispatch(&b, 0x60, d, 1, false) == 0);
+    struct bus_req req = {0};
+    CHECK(bus_dispatch(&b, 0x55, d, 1, false, &req) == 1 && r.off == 5);
+    CHECK(bus_dispatch(&b, 0x60, d, 1, false, &req) == 0);
 }
 
 static void test_codec_round_trip(void)
@@ -187,6 +205,84 @@ static void test_codec_hostile_input(void)
     CHECK(dec_next(&p, neg + 1, &v) < 0);
 }
 
+static void test_device_exit_request_ends_the_run(void)
+{
+    struct bus pio = {0}, mmio = {0};
+    struct rec r = {.exit_on_write = true};
+    struct bus_req req;
+    char err[128];
+    int un;
+    CHECK(bus_add(&pio, 0x500, 16, rec_dev(&r)) == 0);
+    struct kvm_run *run = new_run();
+    run->exit_reason = KVM_EXIT_IO;
+    run->io.direction = KVM_EXIT_IO_OUT;
+    run->io.port = 0x500; run->io.size = 1; run->io.count = 1; run->io.data_offset = 1024;
+    ((uint8_t *)run)[1024] = 7;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err))
+          == EXIT_GUEST_EXIT);
+    CHECK(req.kind == BUS_REQ_GUEST_EXIT && req.value == 7);
+    free(run);
+}
+
+/* The gm layer over a fake two-region guest memory: every bound is overflow safe. */
+static void test_gm_bounds_are_overflow_safe(void)
+{
+    struct guest_mem m;
+    uint64_t gpas[2] = {0, 0x100000000ULL}, sizes[2] = {0x10000, 0x10000};
+    CHECK(mem_alloc(&m, gpas, sizes, 2, VMM_MEM_ANON) == 0);
+    uint8_t buf[16] = {1, 2, 3};
+    CHECK(gm_write(&m, 0x100, buf, 16) == 0);
+    CHECK(abit_test(m.dirty, 0));                                   /* write marked dirty */
+    CHECK(gm_write(&m, 0x100000000ULL + 0xfff8, buf, 8) == 0);      /* last bytes of region 2 */
+    CHECK(abit_test(m.dirty, (0x10000 + 0xfff8) / 4096));
+    CHECK(gm_write(&m, 0xfff8, buf, 16) < 0);                       /* straddles the hole */
+    CHECK(gm_read(&m, ~0ULL - 4, buf, 16) < 0);                     /* wraps */
+    CHECK(gm_read(&m, 0x100, buf, ~0ULL) < 0);                      /* huge length */
+    CHECK(gm_read(&m, 0x100000000ULL - 8, buf, 16) < 0);            /* ends in the hole */
+    CHECK(gm_slice(&m, 0x20000, 1, false) == NULL);                 /* in the hole */
+    uint16_t v;
+    CHECK(gm_load_acquire16(&m, 0x101, &v) < 0);                    /* unaligned index */
+    CHECK(gm_store_release16(&m, 0x102, 0xbeef) == 0 && gm_load_acquire16(&m, 0x102, &v) == 0 &&
+          v == 0xbeef);
+    mem_fail(&m, "test");
+    CHECK(gm_read(&m, 0x100, buf, 4) < 0);                          /* not truthful: refused */
+    CHECK(strstr(vmm_last_error(), "no longer truthful") != NULL);
+    mem_free(&m);
+}
+
+struct writer { struct guest_mem *m; int first; };
+
+static void *write_every_fourth(void *arg)
+{
+    struct writer *w = arg;
+    uint8_t b = 1;
+    for (int round = 0; round < 200; round++)
+        for (int p = w->first; p < 1024; p += 4)
+            gm_write(w->m, (uint64_t)p * 4096, &b, 1);
+    return NULL;
+}
+
+/* Four device threads writing pages that share dirty-bitmap words lose no bit. */
+static void test_concurrent_writes_keep_every_dirty_bit(void)
+{
+    struct guest_mem m;
+    uint64_t gpa = 0, size = 1024 * 4096;
+    CHECK(mem_alloc(&m, &gpa, &size, 1, VMM_MEM_ANON) == 0);
+    pthread_t t[4];
+    struct writer w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (struct writer){&m, i};
+        pthread_create(&t[i], NULL, write_every_fourth, &w[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    int set = 0;
+    for (int p = 0; p < 1024; p++)
+        set += abit_test(m.dirty, p);
+    CHECK(set == 1024);
+    mem_free(&m);
+}
+
 static void test_crc32c_known_value(void)
 {
     CHECK(crc32c(0, "123456789", 9) == 0xE3069283u);   /* the standard check value */
@@ -202,6 +298,9 @@ int main(void)
     test_bus_refuses_overlap_and_wrap();
     test_codec_round_trip();
     test_codec_hostile_input();
+    test_device_exit_request_ends_the_run();
+    test_gm_bounds_are_overflow_safe();
+    test_concurrent_writes_keep_every_dirty_bit();
     test_crc32c_known_value();
     printf("native: %d passed, %d failed\n", passed, failed);
     return failed != 0;

@@ -8,8 +8,30 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include "internal.h"
-#include "arch.h"
+#include "../../internal.h"
+#include "../../include/vmm_test.h"
+#include "../../arch.h"
+
+int vmm_inject(struct vmm *vm, int what)
+{
+    int r = vm_op_begin(vm);
+    if (r)
+        return r;
+    switch (what) {
+    case VMM_INJECT_UFFD_HANDLER_DEATH:
+    case VMM_INJECT_UFFD_HANDLER_STALL:
+    case VMM_INJECT_UFFD_HANDLER_UNSTALL:
+        r = uffd_inject(vm, what);
+        break;
+    case VMM_INJECT_SNAPSHOT_FAIL_BEFORE_VMSTATE:
+        vm->inject_snapshot_fail = 1;
+        break;
+    default:
+        r = vmm_err(EINVAL, "unknown fault to inject: %d", what);
+    }
+    vm_op_end(vm);
+    return r;
+}
 
 /* The floor runs the x86 flat beacon guest (arch_flat_vcpu_regs refuses elsewhere). */
 #define FLOOR_SERIAL_PORT 0x3f8

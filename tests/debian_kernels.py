@@ -1,0 +1,73 @@
+"""Debian's pinned guest kernels (hosts/pins.env), unpacked once into $VMMD_CACHE/boot-test:
+the amd64 bzImage's ELF vmlinux (what the PVH loader boots) and the arm64 Image."""
+from __future__ import annotations
+
+import lzma
+import os
+import pathlib
+import struct
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CACHE = pathlib.Path(os.environ.get("VMMD_CACHE", pathlib.Path.home() / ".cache" / "vmmd"))
+
+
+def pins() -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (ROOT / "hosts" / "pins.env").read_text().split("\n")
+                if "=" in line and not line.startswith("#"))
+
+
+def hosts_dir() -> pathlib.Path:
+    return CACHE / "hosts" / f"v{pins()['HOSTS_VERSION']}"
+
+
+def kernel_deb(arch: str) -> pathlib.Path:
+    """The pinned linux-image package (arch: amd64 or arm64) that provisioning downloaded."""
+    debs, abi = hosts_dir() / "debs", pins()["KERNEL_ABI"]
+    found = sorted(debs.glob(f"linux-image-{abi}-{arch}_*_{arch}.deb"))
+    if not found:
+        if os.environ.get("VMMD_SKIP_HOSTS") == "1":
+            pytest.skip("VMMD_SKIP_HOSTS=1: the pinned Debian kernels were not downloaded")
+        pytest.fail(f"no Debian {arch} kernel package in {debs} (scripts/setup.sh provisions it)")
+    return found[-1]
+
+
+def extract(deb: pathlib.Path, member: str) -> bytes:
+    r = subprocess.run(f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO '{member}'", shell=True,
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def cached(name: str, make) -> pathlib.Path:
+    """Once per cache: the unpacked kernels take seconds to make and 60 MiB to keep."""
+    path = CACHE / "boot-test" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(make())
+        tmp.rename(path)
+    return path
+
+
+def vmlinux() -> pathlib.Path:
+    """Debian's amd64 bzImage unpacked to its ELF vmlinux (its payload is xz)."""
+    deb, abi = kernel_deb("amd64"), pins()["KERNEL_ABI"]
+
+    def make() -> bytes:
+        bz = extract(deb, f"./boot/vmlinuz-{abi}-amd64")
+        setup_sects = bz[0x1F1] or 4
+        offset, length = struct.unpack_from("<II", bz, 0x248)   # payload_offset/_length
+        start = (setup_sects + 1) * 512 + offset
+        payload = bz[start:start + length]
+        assert payload[:6] == b"\xfd7zXZ\x00", "Debian's amd64 kernels are xz-compressed"
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+    return cached(f"vmlinux-{abi}-amd64", make)
+
+
+def arm64_image() -> pathlib.Path:
+    """Debian's arm64 vmlinuz is already the uncompressed Image (with an EFI stub)."""
+    deb, abi = kernel_deb("arm64"), pins()["KERNEL_ABI"]
+    return cached(f"Image-{abi}-arm64", lambda: extract(deb, f"./boot/vmlinuz-{abi}-arm64"))

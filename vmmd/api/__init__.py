@@ -1,0 +1,1 @@
+"""gRPC servicers: translate proto <-> domain calls, map errors to status codes."""

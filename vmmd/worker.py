@@ -1,0 +1,336 @@
+"""The VMM worker: one process per MicroVM, the only code that touches vmmd.native.
+
+A worker is forked from the zygote (vmmd/zygote.py) and runs `main(conf, fd)`:
+  1. leaves the daemon's session, joins its cgroup, sets rlimits, closes every fd it was not
+     given (close_range), names itself;
+  2. listens on <vm dir>/worker.sock (so a restarted daemon can re-attach: the socketpair fd it
+     was born with dies with the old daemon);
+  3. restores the VM from the top of its snapshot chain, installs the seccomp filter (TSYNC),
+     starts the vCPUs and reports "running" with its timings;
+  4. serves requests (pause, resume, snapshot, stats, stop) until told to exit.
+
+Messages are length-prefixed msgpack maps (vmmd/wire.py):
+  daemon -> worker  {"id": n, "op": "...", ...}
+  worker -> daemon  {"id": n, "ok": true, ...} | {"id": n, "ok": false, "error": str, "errno": int}
+                    {"event": "running" | "stopped" | "hello" | "serial", ...}
+Events raised while no daemon is connected are kept (bounded) and sent on the next connection.
+
+Devices come from the image's configuration, never from its snapshot: an image made from the
+test guests ("debug" devices) gets the debug port and the MMIO test device, which exist only in
+the test build of the native core (VMMD_NATIVE=test); the production core refuses them.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+from . import seccomp, wire
+from . import native
+
+MAX_QUEUED_EVENTS = 256
+SERIAL_LOG_CAP = 1 << 20
+PR_SET_NAME = 15
+
+
+def _prctl_name(name: str) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except OSError:
+        pass
+
+
+def inspect_snapshot(directory: str) -> dict:
+    """What the daemon needs to know about a snapshot before registering it as an image."""
+    info = native.snapshot_info(directory)
+    return {"mem_size": info.mem_size, "vcpus": info.vcpus, "diff": info.diff,
+            "pages": info.pages, "depth": info.depth}
+
+
+def devices_of(config: dict | None) -> tuple:
+    """The native device list an image's device configuration stands for."""
+    if (config or {}).get("debug"):
+        return (native.Device(native.DeviceType.DEBUG), native.Device(native.DeviceType.TESTDEV))
+    return ()
+
+
+def _restore(conf: dict) -> native.VM:
+    """Restores the VM at the top of the chain, with the image's devices passed explicitly."""
+    backend = {"mmap": native.Backend.MMAP, "uffd": native.Backend.UFFD}[conf["backend"]]
+    kw = {"track_dirty": True, "devices": devices_of(conf.get("devices"))}
+    if conf.get("working_set") and backend == native.Backend.UFFD:
+        kw["working_set"] = conf["working_set"]
+    if conf.get("root"):
+        kw["root"] = conf["root"]
+    return native.VM.restore(conf["snapshot"], backend, **kw)
+
+
+class Worker:
+    def __init__(self, conf: dict, fd: int | None):
+        self.conf = conf
+        self.vm_id = conf["vm_id"]
+        self.dir = conf["vm_dir"]
+        self.conn = socket.socket(fileno=fd) if fd is not None else None
+        self.send_lock = threading.Lock()
+        self.pending: collections.deque = collections.deque(maxlen=MAX_QUEUED_EVENTS)
+        self.vm: native.VM | None = None
+        self.listener: socket.socket | None = None
+        self.stopped: dict | None = None
+        self.exit_after_reply = False
+        self.timings: dict[str, float] = {}
+        self.serial_lock = threading.Lock()
+        self.serial_file = None
+
+    # --- links to the daemon ---
+
+    def emit(self, msg: dict) -> None:
+        with self.send_lock:
+            if self.conn is not None:
+                try:
+                    wire.send(self.conn, msg)
+                    return
+                except OSError:
+                    self._drop_conn()
+            if "event" in msg:
+                self.pending.append(msg)
+
+    def _drop_conn(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+            self.conn = None
+
+    def listen(self) -> None:
+        # relative names: the worker runs in its VM directory, and absolute paths may exceed
+        # the 108 bytes of sun_path
+        os.chdir(self.dir)
+        tmp = f"worker.sock.{os.getpid()}"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        s.bind(tmp)
+        os.chmod(tmp, 0o600)
+        s.listen(4)
+        os.rename(tmp, "worker.sock")        # a daemon never sees a socket nobody listens on
+        self.listener = s
+
+    def accept(self) -> None:
+        conn, _ = self.listener.accept()
+        with self.send_lock:
+            self._drop_conn()                # a new daemon replaces the old one
+            self.conn = conn
+            hello = {"event": "hello", "vm_id": self.vm_id, "pid": os.getpid(),
+                     "state": self.state_name(), "stopped": self.stopped,
+                     "timings": self.timings, "queued": list(self.pending)}
+            self.pending.clear()
+            try:
+                wire.send(conn, hello)
+            except OSError:
+                self._drop_conn()
+
+    # --- the VM ---
+
+    def state_name(self) -> str:
+        if self.vm is None:
+            return "none"
+        try:
+            return self.vm.state.name.lower()
+        except native.VmmError:
+            return "failed"
+
+    def launch(self) -> None:
+        t0 = time.monotonic()
+        self.vm = _restore(self.conf)
+        t1 = time.monotonic()
+        seccomp.install(self.conf.get("seccomp", "enforce"))
+        t2 = time.monotonic()
+        self.vm.start()
+        t3 = time.monotonic()
+        self.timings = {"isolate_s": self.conf.get("isolate_s", 0.0), "restore_s": t1 - t0,
+                        "seccomp_s": t2 - t1, "start_s": t3 - t2,
+                        "spawned_at": self.conf.get("spawned_at", 0.0)}
+        threading.Thread(target=self._wait_vm, name="vm-wait", daemon=True).start()
+        threading.Thread(target=self._drain_serial, name="serial", daemon=True).start()
+        fault = self.conf.get("fault")
+        if fault:
+            threading.Thread(target=self._fault, args=(fault,), daemon=True).start()
+        self.emit({"event": "running", "timings": self.timings})
+
+    def _wait_vm(self) -> None:
+        try:
+            info = self.vm.wait()
+        except native.VmmError as e:
+            info = None
+            self.stopped = {"state": "failed", "reason": "error", "exit_code": -1,
+                            "message": str(e)}
+        if info is not None:
+            self.stopped = {"state": info.state.name.lower(), "reason": info.reason.name.lower(),
+                            "exit_code": info.exit_code, "message": info.message}
+        self.emit({"event": "stopped", **self.stopped})
+
+    def _drain_serial(self) -> None:
+        path = os.path.join(self.dir, "serial.log")
+        written = os.path.getsize(path) if os.path.exists(path) else 0
+        with open(path, "ab") as f:
+            while self.vm is not None and self.stopped is None:
+                time.sleep(0.2)
+                with self.serial_lock:
+                    try:
+                        data = self.vm.serial_read() if self.vm is not None else b""
+                    except native.VmmError:
+                        return
+                if data and written < SERIAL_LOG_CAP:
+                    data = data[:SERIAL_LOG_CAP - written]
+                    f.write(data)
+                    f.flush()
+                    written += len(data)
+
+    def _fault(self, fault: str) -> None:
+        """Test-only fault injection (daemon config `worker_fault`), never set in production."""
+        time.sleep(0.2)
+        if fault == "forbidden_syscall":
+            os.getpgid(0)      # not on the allow-list: the filter kills this worker
+        elif fault == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+    # --- requests ---
+
+    def handle(self, msg: dict) -> dict:
+        op = msg.get("op")
+        vm = self.vm
+        if op == "ping":
+            return {"state": self.state_name()}
+        if vm is None:
+            raise native.VmmError(errno.ENODEV, "worker has no VM")
+        if op == "pause":
+            vm.pause()
+            return {"state": self.state_name()}
+        if op == "resume":
+            vm.resume()
+            return {"state": self.state_name()}
+        if op == "snapshot":
+            t0 = time.monotonic()
+            vm.snapshot(msg["dir"], diff=bool(msg.get("diff")))
+            info = native.snapshot_info(msg["dir"])
+            return {"seconds": time.monotonic() - t0, "pages": info.pages, "depth": info.depth,
+                    "diff": info.diff}
+        if op == "stats":
+            st = vm.stats()
+            with open("/proc/self/statm") as f:
+                rss_pages = int(f.read().split()[1])
+            st.update(state=self.state_name(), rss=rss_pages * os.sysconf("SC_PAGE_SIZE"),
+                      maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            return st
+        if op == "stop":
+            self.exit_after_reply = True
+            return {"state": self.state_name()}
+        raise native.VmmError(errno.EINVAL, f"unknown worker op {op!r}")
+
+    def serve(self) -> None:
+        while True:
+            fds = [self.listener] + ([self.conn] if self.conn is not None else [])
+            ready, _, _ = select.select(fds, [], [])
+            if self.listener in ready:
+                self.accept()
+                continue
+            try:
+                msg = wire.recv(self.conn)
+            except (OSError, wire.WireError):
+                with self.send_lock:
+                    self._drop_conn()        # the daemon went away: keep the VM, wait for it
+                continue
+            reply = {"id": msg.get("id")}
+            try:
+                reply.update(self.handle(msg), ok=True)
+            except Exception as e:  # every failure goes back to the daemon as a reply
+                reply.update(ok=False, error=str(e), errno=getattr(e, "errno", None) or 0)
+            self.emit(reply)
+            if self.exit_after_reply:
+                return
+
+    def shutdown(self) -> None:
+        vm, self.vm = self.vm, None
+        if vm is not None:
+            try:
+                vm.stop()
+            except native.VmmError:
+                pass
+            with self.serial_lock:
+                vm.close()
+        for name in ("worker.sock",):
+            try:
+                os.unlink(os.path.join(self.dir, name))
+            except FileNotFoundError:
+                pass
+
+
+def _isolate(conf: dict, keep: set[int]) -> None:
+    os.setsid()                              # no signal to the daemon's group reaches us
+    # stdio: the daemon's may be a pipe that dies with it; the worker's own log outlives it
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(os.path.join(conf["vm_dir"], "worker.log"),
+                  os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if conf.get("vm_dir") else null
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    for f in conf.get("cgroup_procs", []):
+        with open(f, "w") as fh:
+            fh.write(str(os.getpid()))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nofile = conf.get("rlimit_nofile") or 4096
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    if conf.get("rlimit_nproc"):
+        n = conf["rlimit_nproc"]
+        resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+    # close_range: nothing of the daemon's or the zygote's survives but what we were given
+    lo = 3
+    for fd in sorted(keep):
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    _prctl_name(f"vmmd-w {conf['vm_id'][-8:]}")
+
+
+def main(conf: dict, fd: int | None) -> int:
+    """Runs one worker to its end; returns the process exit code."""
+    keep = {fd} if fd is not None else set()
+    try:
+        t0 = time.monotonic()
+        _isolate(conf, keep)
+        conf["isolate_s"] = time.monotonic() - t0
+        if conf.get("mode") == "inspect":
+            conn = socket.socket(fileno=fd)
+            try:
+                wire.send(conn, {"ok": True, **inspect_snapshot(conf["snapshot"])})
+            except Exception as e:  # a hostile snapshot dir: tell the daemon what was wrong
+                wire.send(conn, {"ok": False, "error": str(e), "errno": getattr(e, "errno", 0) or 0})
+            return 0
+        w = Worker(conf, fd)
+        w.listen()
+        try:
+            w.launch()
+        except Exception as e:  # restore failures are the caller's to report
+            w.emit({"event": "failed", "error": str(e), "errno": getattr(e, "errno", 0) or 0})
+            w.shutdown()
+            return 3
+        w.serve()
+        w.shutdown()
+        return 0
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        return 2
