@@ -181,11 +181,14 @@ class Process:
     """A process started by Agent.exec. stdin goes in with write()/close_stdin(); stdout and
     stderr come out of the two OutputStreams; wait() gives the ExitStatus."""
 
-    def __init__(self, conn: Conn, pid: int):
+    def __init__(self, conn: Conn, pid: int, merged: bool = False):
         self.conn = conn
         self.pid = pid
         self.stdout = OutputStream()
         self.stderr = OutputStream()
+        # merged: ("stdout"|"stderr", bytes) in arrival order on one bounded queue instead
+        self._events: asyncio.Queue[tuple[str, bytes]] | None = \
+            asyncio.Queue(maxsize=16) if merged else None
         self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read())
 
@@ -200,7 +203,10 @@ class Process:
                     data = msg.get("data")
                     if not isinstance(data, bytes):
                         raise ProtocolError(f"{t} frame without bytes")
-                    await getattr(self, t)._put(data)
+                    if self._events is not None:
+                        await self._events.put((t, data))
+                    else:
+                        await getattr(self, t)._put(data)
                 elif t == "exit":
                     self._exit.set_result(ExitStatus(msg.get("code"), msg.get("signal"),
                                                      bool(msg.get("core"))))
@@ -220,6 +226,11 @@ class Process:
         finally:
             self.stdout._close()
             self.stderr._close()
+            if self._events is not None:
+                try:
+                    self._events.put_nowait(("end", b""))
+                except asyncio.QueueFull:
+                    pass
             self.conn.close()
 
     async def write(self, data: bytes) -> None:
@@ -253,6 +264,16 @@ class Process:
 
     async def wait(self) -> ExitStatus:
         return await asyncio.shield(self._exit)
+
+    async def events(self) -> AsyncIterator[tuple[str, bytes]]:
+        """(kind, data) in arrival order, for a Process made with merged=True; ends at exit."""
+        if self._events is None:
+            raise ValueError("events() needs a Process made with merged=True")
+        while not (self._exit.done() and self._events.empty()):
+            kind, data = await self._events.get()
+            if kind == "end":
+                break
+            yield kind, data
 
     @property
     def exit_status(self) -> ExitStatus | None:
@@ -360,9 +381,11 @@ class Agent:
 
     async def exec(self, argv: list[str | bytes], *, env: dict[str, str] | None = None,
                    cwd: str | bytes | None = None, user: str | int | None = None,
-                   pty: tuple[int, int] | bool | None = None, stdin: bool = True) -> Process:
+                   pty: tuple[int, int] | bool | None = None, stdin: bool = True,
+                   merged: bool = False) -> Process:
         """Starts argv[0] (searched in PATH). pty=(rows, cols) or True gives it a terminal
-        (stdout and stderr then both arrive on stdout)."""
+        (stdout and stderr then both arrive on stdout). merged: output through
+        Process.events() in arrival order instead of the two streams."""
         req: dict = {"op": "exec", "argv": list(argv), "stdin": stdin}
         if env is not None:
             req["env"] = dict(env)
@@ -379,7 +402,7 @@ class Agent:
         except BaseException:
             await c.aclose()
             raise
-        return Process(c, int(msg["pid"]))
+        return Process(c, int(msg["pid"]), merged)
 
     async def run(self, argv: list[str | bytes], input: bytes | None = None, **kw) -> Completed:
         """exec to completion: stdin from `input`, stdout and stderr collected."""
@@ -542,3 +565,76 @@ async def _chunks(data) -> AsyncIterator[bytes]:
     for block in data:
         async for chunk in _chunks(block):
             yield chunk
+
+
+class ExecHandle:
+    """A running exec in the shape vmmd/api/agent_bridge.py uses."""
+
+    def __init__(self, proc: Process):
+        self.proc = proc
+        self.pid = proc.pid
+
+    async def write_stdin(self, data: bytes) -> None:
+        await self.proc.write(data)
+
+    async def close_stdin(self) -> None:
+        await self.proc.close_stdin()
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self.proc.resize(rows, cols)
+
+    async def signal(self, signo: int) -> None:
+        await self.proc.send_signal(signo)
+
+    async def output(self) -> AsyncIterator[tuple[str, object]]:
+        """("stdout" | "stderr", bytes) in arrival order, then ("exit", (code, signal)): code is
+        128 + signal when a signal ended the process, signal 0 when none did."""
+        async for kind, data in self.proc.events():
+            yield kind, data
+        st = await self.proc.wait()
+        yield "exit", ((st.code if st.code is not None else 128 + (st.signal or 0)),
+                       st.signal or 0)
+
+
+class AgentClient:
+    """The shape vmmd/api/agent_bridge.py expects (one agent reached through the VMM's hybrid
+    vsock socket); each call still opens its own connection. Everything else of Agent (stat,
+    list_dir, freeze, thaw, sync_after_restore, set_hooks, hook...) is reachable too."""
+
+    def __init__(self, agent: Agent):
+        self.agent = agent
+
+    @classmethod
+    async def connect(cls, uds_path: str | os.PathLike, port: int = DEFAULT_PORT) -> "AgentClient":
+        """Checks the agent answers; ConnectionError (an OSError) if it does not."""
+        client = cls(Agent.hybrid(uds_path, port))
+        try:
+            await client.agent.ping()
+        except ProtocolError as e:
+            raise ConnectionError(e.message) from None
+        return client
+
+    def __getattr__(self, name):
+        return getattr(self.agent, name)
+
+    async def exec(self, argv, env=None, cwd=None, user=None, tty=False, rows=0, cols=0):
+        if isinstance(user, str) and user.isdigit():
+            user = int(user)
+        pty = (rows or 24, cols or 80) if tty else None
+        return ExecHandle(await self.agent.exec(argv, env=env, cwd=cwd, user=user, pty=pty,
+                                                merged=True))
+
+    def read_file(self, path, offset: int = 0, length: int = 0) -> AsyncIterator[bytes]:
+        """length 0: to the end."""
+        return self.agent.read_file(path, offset=offset, length=length or None)
+
+    async def write_file(self, path, chunks, mode: int = 0o644, append: bool = False,
+                         make_parents: bool = False) -> int:
+        return await self.agent.write_file(path, chunks, mode=mode, append=append,
+                                           mkdirs=make_parents)
+
+    async def port_forward(self, port: int, host: str = "127.0.0.1") -> Streams:
+        return await self.agent.forward(port, host)
+
+    async def close(self) -> None:
+        """Nothing to close: connections belong to the calls."""

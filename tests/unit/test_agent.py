@@ -561,3 +561,42 @@ def test_connections_over_the_limit_get_an_error_not_a_hang(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+def test_agent_client_has_the_shape_the_daemon_uses(agent_proc, tmp_path):
+    """vmmd/api/agent_bridge.py's expectations, through a hybrid-vsock stand-in."""
+    from vmmd.agent import AgentClient
+    _, sock, _ = agent_proc
+    uds = tmp_path / "vsock.sock"
+
+    async def go():
+        async def vmm(r, w):
+            await r.readline()
+            ar, aw = await asyncio.open_unix_connection(str(sock))
+            w.write(b"OK 1\n")
+
+            async def pipe(src, dst):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+                if dst.can_write_eof():
+                    dst.write_eof()
+            await asyncio.gather(pipe(r, aw), pipe(ar, w), return_exceptions=True)
+        server = await asyncio.start_unix_server(vmm, str(uds))
+        async with server:
+            client = await AgentClient.connect(uds)
+            proc = await client.exec(["sh", "-c", "echo out; read x; echo $x >&2; kill -TERM $$"])
+            await proc.write_stdin(b"typed\n")
+            await proc.close_stdin()
+            events = [e async for e in proc.output()]
+            n = await client.write_file(str(tmp_path / "d" / "f"), [b"ab", b"c"], make_parents=True)
+            back = b"".join([c async for c in client.read_file(str(tmp_path / "d" / "f"))])
+            tail = b"".join([c async for c in client.read_file(str(tmp_path / "d" / "f"),
+                                                               offset=1, length=0)])
+            await client.close()
+            with pytest.raises(ConnectionError):
+                await AgentClient.connect(tmp_path / "nothing.sock")
+            return events, n, back, tail
+    events, n, back, tail = run(go())
+    assert events == [("stdout", b"out\n"), ("stderr", b"typed\n"), ("exit", (128 + 15, 15))]
+    assert (n, back, tail) == (3, b"abc", b"bc")
