@@ -280,9 +280,10 @@ class Process:
         return self._exit.result() if self._exit.done() and not self._exit.exception() else None
 
     async def kill(self) -> None:
-        """Ends the exec by dropping its connection: the agent kills the process group."""
+        """Ends the exec by dropping its connection: the agent kills the process group.
+        Aborted, not closed: a close would first wait for unsent stdin to drain."""
         self._reader.cancel()
-        await self.conn.aclose()
+        self.conn.writer.transport.abort()
 
 
 class Frozen:

@@ -600,3 +600,22 @@ def test_agent_client_has_the_shape_the_daemon_uses(agent_proc, tmp_path):
     events, n, back, tail = run(go())
     assert events == [("stdout", b"out\n"), ("stderr", b"typed\n"), ("exit", (128 + 15, 15))]
     assert (n, back, tail) == (3, b"abc", b"bc")
+
+
+def test_exec_is_killed_when_the_host_goes_while_stdin_waits(agent):
+    """A child that never reads stdin, a host that sent more than the pipe holds and left: the
+    agent notices the hang-up although it is not reading the connection."""
+    async def go():
+        p = await agent.exec(["sleep", "60"])
+        try:
+            await asyncio.wait_for(p.write(b"x" * (4 * MiB)), 1.0)
+        except asyncio.TimeoutError:
+            pass
+        pid = p.pid
+        await p.kill()
+        return pid
+    pid = asyncio.run(asyncio.wait_for(go(), 10))
+    deadline = time.monotonic() + 5
+    while pathlib.Path(f"/proc/{pid}").exists() and state(pid) != "Z":
+        assert time.monotonic() < deadline, "the process outlived its connection"
+        time.sleep(0.02)

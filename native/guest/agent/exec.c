@@ -296,12 +296,13 @@ static int loop(struct run *x)
             continue;
         }
         struct pollfd p[5];
-        int np = 0, ic = -1, iin = -1, io[2] = {-1, -1}, ipid = -1;
+        int np = 0, ic, iin = -1, io[2] = {-1, -1}, ipid = -1;
         short cev = (short)(conn_pending(c) ? POLLOUT : 0);
         if (x->in_off >= x->in_len)
             cev |= POLLIN;
-        if (cev)
-            ic = np, p[np++] = (struct pollfd){.fd = c->fd, .events = cev};
+        /* always polled: with no events asked, POLLHUP still says the host is gone (while
+         * stdin waits for a child that does not read, say) */
+        ic = np, p[np++] = (struct pollfd){.fd = c->fd, .events = cev};
         for (int i = 0; i < 2; i++)
             if (x->out[i].fd >= 0 && !conn_pending(c))
                 io[i] = np, p[np++] = (struct pollfd){.fd = x->out[i].fd, .events = POLLIN};
@@ -314,9 +315,11 @@ static int loop(struct run *x)
                 continue;
             return -errno;
         }
-        if (ic >= 0 && (p[ic].revents & POLLOUT) && conn_flush(c) < 0)
+        if ((p[ic].revents & POLLOUT) && conn_flush(c) < 0)
             return -EPIPE;
-        if (ic >= 0 && (p[ic].revents & (POLLIN | POLLHUP | POLLERR)) && x->in_off >= x->in_len) {
+        if ((p[ic].revents & (POLLHUP | POLLERR)) && !(cev & POLLIN))
+            return -EPIPE;
+        if ((p[ic].revents & (POLLIN | POLLHUP | POLLERR)) && x->in_off >= x->in_len) {
             struct msg m;
             int r = conn_recv(c, &m);
             if (r == 1) {
