@@ -2,7 +2,8 @@
 # Provisions the emulated KVM hosts (docs/emulated-hosts.md): QEMU and tools from Debian, the
 # pinned Debian kernels and busybox for amd64 and arm64, and an initramfs for each host; and the
 # guest side (docs/guest.md): the pinned cloud kernels unpacked for MicroVMs (guest-<arch>/) and
-# msgpack-c for the guest agent (msgpack-<debarch>/); all in $VMMD_CACHE/hosts/v<HOSTS_VERSION>. Idempotent: a cached re-run only checks stamps.
+# msgpack-c for the guest agent (msgpack-<debarch>/); all in $VMMD_CACHE/hosts/v<HOSTS_VERSION>.
+# Idempotent: a cached re-run only checks stamps.
 # Prints the host directory.
 set -euo pipefail
 
@@ -142,16 +143,9 @@ arm64_qemu_libs=(libaio1 libbpf1 libcapstone4 libfdt1 libfuse3-3 libglib2.0-0 li
     libp11-kit0 libpcre2-8-0 libselinux1 libtasn1-6 libunistring2 libblkid1 libkmod2)
 userland=$out/aarch64-userland
 USERLAND_RECIPE=4   # bump when the steps below change
-# the project's Python dependencies and its test tools (aarch64 wheels below); in the stamp, so
-# a dependency added to pyproject.toml rebuilds the userland
-deps=$(python3 - "$here/../pyproject.toml" <<'PY'
-import sys, tomllib
-p = tomllib.load(open(sys.argv[1], "rb"))["project"]
-print(" ".join(p["dependencies"] + p["optional-dependencies"]["test"]))
-PY
-)
-want=$( (cat "$here/pins.env"; echo "${arm64_libs[*]} ${arm64_python[*]} ${arm64_qemu_libs[*]}"
-         echo "$deps $USERLAND_RECIPE") |
+# the project's dependencies are part of it: a new one must reach the arm64 host too
+want=$( (cat "$here/pins.env" "$here/../pyproject.toml";
+         echo "${arm64_libs[*]} ${arm64_python[*]} ${arm64_qemu_libs[*]} $USERLAND_RECIPE") |
     sha256sum | cut -c1-16)
 if [ "$(cat "$userland/.built" 2>/dev/null)" != "$want" ]; then
     log "building the aarch64 userland"
@@ -189,6 +183,13 @@ if [ "$(cat "$userland/.built" 2>/dev/null)" != "$want" ]; then
             [ -n "$(find "$userland" -name "$so" -print -quit)" ] || echo "$so"
         done)
     [ -z "$missing_so" ] || { log "the arm64 userland lacks: $missing_so"; exit 1; }
+    # the project's Python dependencies and its test tools, as aarch64 wheels
+    deps=$(python3 - "$here/../pyproject.toml" <<'PY'
+import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(" ".join(p["dependencies"] + p["optional-dependencies"]["test"]))
+PY
+)
     "$cache/venv/bin/pip" install -q --target "$userland/site" --platform manylinux2014_aarch64 \
         --python-version 3.11 --implementation cp --only-binary=:all: $deps >/dev/null
     chmod -R a+rX "$userland"

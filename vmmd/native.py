@@ -50,9 +50,15 @@ class StopReason(enum.IntEnum):
     GUEST_EXIT = lib.VMM_STOP_GUEST_EXIT
     SHUTDOWN = lib.VMM_STOP_SHUTDOWN
     ERROR = lib.VMM_STOP_ERROR
+    RESET = lib.VMM_STOP_RESET
 
 
 class DeviceType(enum.IntEnum):
+    VIRTIO_BLK = lib.VMM_DEV_VIRTIO_BLK
+    VIRTIO_VSOCK = lib.VMM_DEV_VIRTIO_VSOCK
+    VIRTIO_RNG = lib.VMM_DEV_VIRTIO_RNG
+    VIRTIO_NET = lib.VMM_DEV_VIRTIO_NET
+    VMGENID = lib.VMM_DEV_VMGENID
     DEBUG = lib.VMM_DEV_DEBUG        # test builds only
     TESTDEV = lib.VMM_DEV_TESTDEV    # test builds only
 
@@ -62,7 +68,11 @@ class Device:
     """One configured device. Give restore the same list the VM was created with."""
     type: int
     id: int = 0
-    path: str | None = None
+    path: str | None = None          # blk: read-only base image; vsock: host Unix socket
+    overlay: str | None = None       # blk: the VM's writable copy-on-write layer
+    size: int = 0                    # blk: size cap in bytes
+    cid: int = 0                     # vsock: guest context id
+    read_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +134,14 @@ def _devices(devices) -> tuple[object, list]:
     for i, d in enumerate(devices):
         arr[i].type = int(d.type)
         arr[i].id = d.id
-        if d.path is not None:
-            p = ffi.new("char[]", _path(d.path))
-            keep.append(p)
-            arr[i].path = p
+        arr[i].size = d.size
+        arr[i].cid = d.cid
+        arr[i].read_only = int(d.read_only)
+        for field in ("path", "overlay"):
+            if getattr(d, field) is not None:
+                p = ffi.new("char[]", _path(getattr(d, field)))
+                keep.append(p)
+                setattr(arr[i], field, p)
     keep.append(arr)
     return arr, keep
 
@@ -228,6 +242,16 @@ class VM:
             "stack_top": stack_top, "stack_size": stack_size})
         with self._use() as h:
             _check(lib.vmm_load_flat(h, image, len(image), boot))
+
+    def load_linux(self, kernel: str | os.PathLike, initrd: str | os.PathLike | None = None,
+                   cmdline: str = "") -> None:
+        """A stock kernel (x86_64: ELF vmlinux; aarch64: Image) into this new VM."""
+        k = ffi.new("char[]", _path(kernel))
+        i = ffi.new("char[]", _path(initrd)) if initrd is not None else ffi.NULL
+        c = ffi.new("char[]", cmdline.encode())
+        boot = ffi.new("struct vmm_linux_boot *", {"kernel": k, "initrd": i, "cmdline": c})
+        with self._use() as h:
+            _check(lib.vmm_load_linux(h, boot))
 
     def start(self) -> None:
         with self._use() as h:

@@ -4,6 +4,10 @@
 #include "../internal.h"
 
 extern const struct device_ops serial_ops;
+extern const struct device_ops i8042_ops;
+extern const struct device_ops acpi_pm_ops;
+extern const struct device_ops vmgenid_ops;
+extern const struct device_ops pl031_ops;
 #ifdef VMM_TEST_BUILD
 extern const struct device_ops debugport_ops;
 extern const struct device_ops testdev_ops;

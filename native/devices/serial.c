@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include "devices.h"
+#include "../arch/boot.h"
 
 #define SERIAL_OUT_CAP (256 * 1024)
 #define SERIAL_RX_CAP 64
@@ -311,7 +312,8 @@ static int serial_init(struct device *d, const struct vmm_device_config *cfg)
 }
 
 const struct device_ops serial_ops = {
-    .name = "serial", .version = SERIAL_STATE_VERSION, .init = serial_init,
+    .name = "serial", .version = SERIAL_STATE_VERSION, .boot_kind = BOOT_DEV_UART_16550,
+    .init = serial_init,
     .access = serial_access, .save = serial_save, .decode = serial_decode, .apply = serial_apply,
     .free_state = free, .destroy = serial_destroy,
 };
