@@ -28,11 +28,16 @@ class TestHost:
 
     def run(self, script: str, **kw) -> hosts.HostResult:
         env = {"VMMD_CACHE": os.path.dirname(cache_dir()), **kw.pop("env", {})}
+        cache_dir().mkdir(parents=True, exist_ok=True)    # bound below, even if nothing is built
         binds = [str(cache_dir()), *kw.pop("binds", [])]
         r = hosts.run(self.arch, script, env=env, binds=binds, **kw)
         BOOTS.append(f"{self.arch} host: booted in {r.boot_seconds} s (to its init's command), "
                      f"whole run {r.wall_seconds:.1f} s, status {r.status}")
         return r
+
+    def note(self, line: str) -> None:
+        """A line for the "emulated KVM hosts" section of the test summary."""
+        BOOTS.append(f"{self.arch} host: {line}")
 
     def pytest(self, *args: str, guests=("hello",), **kw) -> hosts.HostResult:
         """Runs `pytest args` from the checkout inside the host, KVM required."""

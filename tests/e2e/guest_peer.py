@@ -1,0 +1,169 @@
+"""A peer VMM for guest tests and benchmarks: Debian's QEMU booting the guest kernel, our
+initramfs and agent, with vhost-vsock, virtio-blk and virtio-rng on virtio-mmio. Runs inside the
+emulated KVM hosts (docs/guest.md says which flags work and what they cost).
+
+    x86_64   qemu-system-x86_64 -M microvm,acpi=on (virtio-mmio listed in the DSDT as LNRO0005)
+             booting vmlinux through its PVH entry
+    aarch64  qemu-system-aarch64 -M virt,gic-version=3 -cpu host (virtio-mmio in the FDT)
+
+Also makes the test root filesystem: busybox on ext4 (`mke2fs -d`), on this machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+GUEST_CID = 3
+
+
+def qemu_command(arch: str, kernel: str, initrd: str, *, cid: int = GUEST_CID, mem_mb: int = 256,
+                 cpus: int = 2, disk: str | None = None, console: str, qmp: str | None = None,
+                 append: str = "", incoming: str | None = None) -> list[str]:
+    if arch == "x86_64":
+        # no PIC/PIT: the guest uses the LAPIC timer and kvmclock; no PCI at all on microvm
+        cmd = ["qemu-system-x86_64", "-M", "microvm,acpi=on,pit=off,pic=off,rtc=on",
+               "-cpu", "host"]
+        tty = "ttyS0"
+    elif arch == "aarch64":
+        cmd = ["qemu-system-aarch64", "-M", "virt,gic-version=3", "-cpu", "host"]
+        tty = "ttyAMA0"
+    else:
+        raise ValueError(f"unknown arch {arch}")
+    cmdline = f"console={tty} quiet loglevel=4 panic=-1 {append}"
+    if disk:
+        cmdline += " root=/dev/vda"
+    cmd += ["-accel", "kvm", "-smp", str(cpus), "-m", str(mem_mb), "-nodefaults",
+            "-no-user-config", "-nographic", "-no-reboot", "-serial", f"file:{console}",
+            "-kernel", kernel, "-initrd", initrd, "-append", cmdline.strip(),
+            "-device", f"vhost-vsock-device,guest-cid={cid}", "-device", "virtio-rng-device"]
+    if disk:
+        cmd += ["-drive", f"id=root,file={disk},format=raw,if=none",
+                "-device", "virtio-blk-device,drive=root"]
+    if qmp:
+        cmd += ["-qmp", f"unix:{qmp},server=on,wait=off"]
+    if incoming:
+        cmd += ["-incoming", incoming]
+    return cmd
+
+
+class QemuGuest:
+    """One guest under QEMU. start(), then wait for the agent with vmmd.agent; stop() kills."""
+
+    def __init__(self, arch: str, kernel: str, initrd: str, *, disk: str | None = None,
+                 workdir: str | None = None, **kw):
+        self.arch = arch
+        self.kernel, self.initrd, self.disk = kernel, initrd, disk
+        self.workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="guest-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.console = self.workdir / "console.log"
+        self.qmp_path = self.workdir / "qmp.sock"
+        self.kw = kw
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+
+    def start(self, incoming: str | None = None) -> None:
+        """Boots, or with `incoming` ("exec:cat FILE") restores what save() wrote."""
+        self.qmp_path.unlink(missing_ok=True)
+        cmd = qemu_command(self.arch, self.kernel, self.initrd, disk=self.disk,
+                           console=str(self.console), qmp=str(self.qmp_path), incoming=incoming,
+                           **self.kw)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> str:
+        """Kills QEMU; returns what it printed."""
+        if self.proc is None:
+            return ""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        out = self.proc.communicate()[0].decode(errors="replace")
+        self.proc = None
+        return out
+
+    def console_text(self) -> str:
+        try:
+            return self.console.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def qmp(self, *commands: dict, timeout: float = 30.0) -> list[dict]:
+        """Runs QMP commands on a fresh connection; returns their replies."""
+        deadline = time.monotonic() + timeout
+        while not self.qmp_path.exists():
+            if time.monotonic() > deadline or not self.alive():
+                raise RuntimeError(f"no QMP socket: {self.stop()}")
+            time.sleep(0.05)
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(timeout)
+        s.connect(str(self.qmp_path))
+        f = s.makefile("rwb")
+
+        def reply() -> dict:
+            while True:
+                msg = json.loads(f.readline())
+                if "event" not in msg:
+                    return msg
+        reply()                                             # greeting
+        out = []
+        for cmd in [{"execute": "qmp_capabilities"}, *commands]:
+            f.write(json.dumps(cmd).encode() + b"\n")
+            f.flush()
+            r = reply()
+            if "error" in r:
+                raise RuntimeError(f"QMP {cmd['execute']}: {r['error']}")
+            out.append(r)
+        s.close()
+        return out[1:]
+
+    def save(self, path: str, timeout: float = 300.0) -> float:
+        """Migrates the running guest to a file (QEMU's snapshot-to-file); QEMU then exits.
+        Returns the seconds it took."""
+        t0 = time.monotonic()
+        self.qmp({"execute": "migrate", "arguments": {"uri": f"exec:cat > {path}"}})
+        deadline = t0 + timeout
+        while True:
+            st = self.qmp({"execute": "query-migrate"})[0]["return"].get("status")
+            if st == "completed":
+                break
+            if st in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise RuntimeError(f"migration to {path}: {st}")
+            time.sleep(0.1)
+        took = time.monotonic() - t0
+        self.stop()
+        return took
+
+
+def busybox_rootfs(busybox: pathlib.Path, out: pathlib.Path, size_mb: int = 64) -> pathlib.Path:
+    """An ext4 image holding busybox with a link per applet, /etc/passwd and the usual dirs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp)
+        for d in ("bin", "etc", "proc", "sys", "dev", "run", "tmp", "root", "data"):
+            (root / d).mkdir()
+        shutil.copy(busybox, root / "bin" / "busybox")
+        os.chmod(root / "bin" / "busybox", 0o755)
+        # the applet list is the same for the amd64 and arm64 builds of one busybox version
+        amd64 = busybox.parents[2] / "busybox-amd64" / "bin" / "busybox"
+        applets = subprocess.run([str(amd64), "--list"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        for a in applets:
+            if a != "busybox":
+                os.symlink("busybox", root / "bin" / a)
+        (root / "etc" / "passwd").write_text(
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+        (root / "etc" / "group").write_text("root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")
+        (root / "data" / "hello.txt").write_text("from the image\n")
+        os.chmod(root / "tmp", 0o1777)
+        out.unlink(missing_ok=True)
+        subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(root), "-L", "vmmd-root",
+                        str(out), f"{size_mb}M"], check=True, capture_output=True)
+    return out

@@ -1,0 +1,1 @@
+"""Guest images: the guest agent's build, the initramfs, guest kernels (docs/guest.md)."""
