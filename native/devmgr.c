@@ -76,7 +76,7 @@ int devmgr_add(struct vmm *vm, int type, uint32_t id, const struct vmm_device_co
     snprintf(d->key, sizeof(d->key), "%s.%u", t->name, id);
     if (slot.gsi && (r = irq_create(dm->env.vm_fd, slot.gsi, &d->irq)))
         return vmm_err_ctx(r, "device %s", d->key);
-    if ((r = t->ops->init(d, cfg))) {
+    if (t->ops->init && (r = t->ops->init(d, cfg))) {
         irq_destroy(d->irq);
         return vmm_err_ctx(r, "device %s", d->key);
     }
@@ -131,7 +131,8 @@ void devmgr_resume(struct devmgr *dm)
 void devmgr_destroy(struct devmgr *dm)
 {
     for (int i = dm->n - 1; i >= 0; i--) {
-        dm->devs[i].ops->destroy(&dm->devs[i]);
+        if (dm->devs[i].ops->destroy)
+            dm->devs[i].ops->destroy(&dm->devs[i]);
         irq_destroy(dm->devs[i].irq);
     }
     dm->n = 0;

@@ -189,13 +189,7 @@ int evl_quiesce(struct eventloop *l, int timeout_ms)
     if (!l->started)
         return 0;
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    deadline_in(&ts, timeout_ms);
     pthread_mutex_lock(&l->lock);
     l->quiesce_req = true;
     pthread_mutex_unlock(&l->lock);

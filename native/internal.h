@@ -26,6 +26,9 @@ int vmm_err(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 /* prefix the current message, keep the code */
 int vmm_err_ctx(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 uint64_t now_ns(void);
+struct timespec;
+/* *ts = CLOCK_MONOTONIC now + ms: a deadline for pthread_cond_timedwait on our condvars. */
+void deadline_in(struct timespec *ts, int ms);
 uint32_t crc32c(uint32_t crc, const void *buf, size_t len);   /* vmstate.c */
 
 /* ---- bitmaps: atomic where threads share them ---- */
@@ -166,6 +169,8 @@ struct device {
     struct irq *irq;
     struct dev_env *env;
 };
+/* A device with no state beyond its version leaves save/decode/apply/free_state NULL; init and
+ * destroy may be NULL too. */
 struct device_ops {
     const char *name;
     uint32_t version;        /* state version this build writes and reads */

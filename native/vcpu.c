@@ -335,13 +335,7 @@ void vcpus_kick(struct vmm *vm)
 bool vcpus_wait_exit(struct vmm *vm, int ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    deadline_in(&ts, ms);
     pthread_mutex_lock(&vm->lock);
     while (vm->live_threads > 0)
         if (pthread_cond_timedwait(&vm->cond, &vm->lock, &ts) == ETIMEDOUT)

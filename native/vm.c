@@ -432,7 +432,7 @@ out:
     return r;
 }
 
-static void deadline_in(struct timespec *ts, int ms)
+void deadline_in(struct timespec *ts, int ms)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
     ts->tv_sec += ms / 1000;

@@ -225,7 +225,10 @@ int vmstate_encode(struct vmm *vm, struct enc *e, int (*memory)(struct enc *, co
     for (int i = 0; i < vm->dm.n; i++) {
         struct device *d = &vm->dm.devs[i];
         enc_str(e, d->key);
-        if ((r = d->ops->save(d, e)))
+        if (!d->ops->save) {              /* no state beyond its version */
+            enc_map(e, 1);
+            enc_kv_uint(e, "v", d->ops->version);
+        } else if ((r = d->ops->save(d, e)))
             return vmm_err_ctx(r, "saving device %s", d->key);
     }
     return e->err ? vmm_err(-e->err, "out of memory encoding vmstate") : 0;
@@ -255,7 +258,7 @@ static void free_devs(struct vmm *vm, struct decoded_state *ds)
 {
     for (int i = 0; i < ds->ndevs; i++)
         if (ds->dev[i])
-            vm->dm.devs[i].ops->free_state(ds->dev[i]);
+            vm->dm.devs[i].ops->free_state(ds->dev[i]);   /* set whenever decode made a state */
     ds->ndevs = 0;
 }
 
@@ -293,7 +296,8 @@ static int decode_device(struct vmm *vm, const struct dec_map *devs, int i, void
     if (r == -ENOENT)
         return vmm_err(EINVAL, "vmstate has no state for device %s", d->key);
     if (r || (r = vmstate_check_version(&m, d->key, d->ops->version)) ||
-        (r = dec_get_uint(&m, "v", &ver)) || (r = d->ops->decode(d, &m, (uint32_t)ver, out)))
+        (r = dec_get_uint(&m, "v", &ver)) ||
+        (d->ops->decode && (r = d->ops->decode(d, &m, (uint32_t)ver, out))))
         return vmm_err_ctx(r, "device %s", d->key);
     return 0;
 }
@@ -372,7 +376,8 @@ int vmstate_apply(struct vmm *vm, struct decoded_state *ds)
         return r;
     }
     for (int i = 0; i < ds->ndevs; i++) {
-        vm->dm.devs[i].ops->apply(&vm->dm.devs[i], ds->dev[i]);
+        if (vm->dm.devs[i].ops->apply)
+            vm->dm.devs[i].ops->apply(&vm->dm.devs[i], ds->dev[i]);
         ds->dev[i] = NULL;
     }
     ds->ndevs = 0;

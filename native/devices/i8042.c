@@ -5,7 +5,6 @@
  * empty, the status says nothing is waiting, so the kernel's probe finds no keyboard.
  *   window at I/O port 0x60, 5 bytes: +0 data, +4 status/command (0x61 is the PIT's, in KVM)
  */
-#include <stdlib.h>
 #include <string.h>
 #include "devices.h"
 
@@ -27,31 +26,6 @@ static int i8042_access(struct device *d, uint64_t off, uint8_t *data, uint32_t 
     return 0;
 }
 
-static int i8042_save(struct device *d, struct enc *e)
-{
-    (void)d;
-    enc_map(e, 1);
-    enc_kv_uint(e, "v", I8042_STATE_VERSION);
-    return 0;
-}
-
-static int i8042_decode(struct device *d, const struct dec_map *m, uint32_t version, void **out)
-{
-    (void)d; (void)m; (void)version;
-    *out = NULL;
-    return 0;
-}
-
-static void i8042_apply(struct device *d, void *state) { (void)d; (void)state; }
-static int i8042_init(struct device *d, const struct vmm_device_config *cfg)
-{
-    (void)d; (void)cfg;
-    return 0;
-}
-static void i8042_destroy(struct device *d) { (void)d; }
-
 const struct device_ops i8042_ops = {
-    .name = "i8042", .version = I8042_STATE_VERSION, .init = i8042_init,
-    .access = i8042_access, .save = i8042_save, .decode = i8042_decode, .apply = i8042_apply,
-    .free_state = free, .destroy = i8042_destroy,
+    .name = "i8042", .version = I8042_STATE_VERSION, .access = i8042_access,
 };

@@ -6,7 +6,6 @@
  * The bytes live in guest memory, so snapshots carry them without device state.
  */
 #include <errno.h>
-#include <stdlib.h>
 #include <sys/random.h>
 #include "devices.h"
 #include "../arch/boot.h"
@@ -42,27 +41,7 @@ static int vmgenid_access(struct device *d, uint64_t off, uint8_t *data, uint32_
     return 0;   /* on no bus: the id is read from RAM */
 }
 
-static int vmgenid_save(struct device *d, struct enc *e)
-{
-    (void)d;
-    enc_map(e, 1);
-    enc_kv_uint(e, "v", VMGENID_STATE_VERSION);
-    return 0;
-}
-
-static int vmgenid_decode(struct device *d, const struct dec_map *m, uint32_t version, void **out)
-{
-    (void)d; (void)m; (void)version;
-    *out = NULL;
-    return 0;
-}
-
-static void vmgenid_apply(struct device *d, void *state) { (void)d; (void)state; }
-static void vmgenid_destroy(struct device *d) { (void)d; }
-
 const struct device_ops vmgenid_ops = {
     .name = "vmgenid", .version = VMGENID_STATE_VERSION, .boot_kind = BOOT_DEV_VMGENID,
-    .init = vmgenid_init, .access = vmgenid_access, .save = vmgenid_save,
-    .decode = vmgenid_decode, .apply = vmgenid_apply, .free_state = free,
-    .post_load = vmgenid_post_load, .destroy = vmgenid_destroy,
+    .init = vmgenid_init, .access = vmgenid_access, .post_load = vmgenid_post_load,
 };

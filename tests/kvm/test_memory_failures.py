@@ -11,23 +11,10 @@ import time
 import pytest
 
 from guests import DATA
-from helpers import FILLED, fill
 from vmmd.native import Backend, State, VmmError, lib, snapshot_release
 
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
 PAGE = 4096
-
-
-@pytest.fixture
-def big_snapshot(microvm_factory, tmp_path):
-    vm = microvm_factory("counter", mem_size=256 << 20, pages=FILLED, start=False)
-    fill(vm)
-    vm.start()
-    vm.wait_result_above(10_000)
-    vm.pause()
-    vm.snapshot(tmp_path / "base")
-    vm.close()
-    return tmp_path / "base"
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.03])

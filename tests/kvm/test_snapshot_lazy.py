@@ -4,7 +4,7 @@ layer files, not faulted in; and a deep chain of diffs maps a bounded number of 
 import pytest
 
 from guests import DATA
-from helpers import FILLED, decode, fill, page_hashes, rewrite
+from helpers import FILLED, decode, page_hashes, rewrite
 from vmmd.native import Backend, VmmError
 
 
@@ -13,15 +13,8 @@ PAGE = 4096
 
 
 @pytest.fixture
-def filled(microvm_factory, tmp_path):
-    vm = microvm_factory("counter", pages=16)
-    fill(vm)
-    vm.start()
-    vm.wait_result_above(10_000)
-    vm.pause()
-    vm.snapshot(tmp_path / "base")
-    vm.close()
-    return tmp_path / "base"
+def filled(filled_snapshot):
+    return filled_snapshot()
 
 
 def mapping_rss(path) -> int:
