@@ -308,6 +308,9 @@ void vmm_shutdown(struct vmm *vm)
     pthread_cond_broadcast(&vm->cond);
     pthread_mutex_unlock(&vm->lock);
     vm_end(vm, VMM_STOP_HOST, 0, "destroyed by the host");
+    /* a call in flight may wait on a page the server never delivers: release it */
+    if (vm->uffd)
+        uffd_revoke(vm, "the VM was destroyed");
 }
 
 void vmm_destroy(struct vmm *vm)

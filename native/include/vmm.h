@@ -156,8 +156,8 @@ const char *vmm_version(void);
 int vmm_host_probe(void);
 
 int vmm_create(const struct vmm_config *cfg, struct vmm **out);
-/* Ends the VM and makes every blocked call (vmm_wait, pause) return; the handle stays valid
- * until vmm_destroy. Idempotent. */
+/* Ends the VM and makes every blocked call (vmm_wait, pause, a host access waiting on a lazily
+ * restored page) return; the handle stays valid until vmm_destroy. Idempotent. */
 void vmm_shutdown(struct vmm *vm);
 void vmm_destroy(struct vmm *vm);
 

@@ -73,6 +73,29 @@ def test_stalled_page_server_never_blocks_stop_or_destroy(microvm_factory, big_s
     assert time.monotonic() - t0 < 3, "stop/destroy waited for the stalled page server"
 
 
+def test_destroy_releases_a_host_write_waiting_on_a_stalled_page_server(microvm_factory,
+                                                                        big_snapshot):
+    vm = microvm_factory.restore(big_snapshot, Backend.UFFD)
+    vm.inject(lib.VMM_INJECT_UFFD_HANDLER_STALL)
+    got = {}
+
+    def write():
+        try:
+            vm.mem_write(DATA + 5000 * PAGE, b"x" * PAGE)   # a page nobody installed yet
+            got["ok"] = True
+        except VmmError as e:
+            got["error"] = e
+    t = threading.Thread(target=write)
+    t.start()
+    time.sleep(0.3)
+    assert t.is_alive(), "the write did not wait on the page server"
+    t0 = time.monotonic()
+    vm.close()
+    t.join(5)
+    assert not t.is_alive() and time.monotonic() - t0 < 3
+    assert "error" in got, got      # its page was never truthfully there: not a success
+
+
 def test_stalled_page_server_costs_no_cpu(microvm_factory, big_snapshot):
     vm = microvm_factory.restore(big_snapshot, Backend.UFFD)
     vm.start()
