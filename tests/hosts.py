@@ -36,6 +36,14 @@ class HostResult:
     def ok(self) -> bool:
         return self.status == 0
 
+    @property
+    def host_broke(self) -> bool:
+        """The emulated host's own kernel stopped scheduling (docs/emulated-hosts.md): its
+        console reports soft lockups or RCU stalls. That is QEMU's emulation failing under us,
+        not what a test checks."""
+        return bool(re.search(r"watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ (detected )?stall|"
+                              r"rcu_preempt kthread starved", self.console))
+
 
 def provision() -> pathlib.Path:
     """Runs hosts/provision.sh (quick when cached); returns the host image directory, symlinks

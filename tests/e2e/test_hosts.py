@@ -7,11 +7,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 
 def test_x86_64_host_runs_native_core(testhost):
-    # Guests that end by themselves only: kicking a spinning guest out of KVM_RUN (pause) has
-    # locked this emulated host up (docs/emulated-hosts.md, "Known problems").
+    # pause, resume and stop of spinning guests included (docs/emulated-hosts.md, "Known
+    # problems": the host lockup once blamed on them is QEMU's, and not tied to pause)
     r = testhost("x86_64").pytest(
         "tests/kvm/test_guest_smoke.py", "tests/kvm/test_lifecycle.py",
-        "-k", "hello_guest or serial_output or mmio", guests=("hello", "mmio"), timeout=300)
+        guests=("hello", "mmio", "counter"), timeout=400)
     assert "kvm: yes" in r.console, r.console[-2000:]
     assert passed_cleanly(r), r.output + r.console[-2000:]
 
