@@ -25,7 +25,7 @@ PARAMS, RESULTS, DATA = 0x80008000, 0x80009000, 0x81000000
 MEM = 64 << 20
 PAGE = 4096
 BACKENDS = [Backend.MMAP, Backend.UFFD]
-WAIT = 120.0
+WAIT = 60.0
 
 # ticker's result words (tests/guests/aarch64/ticker.c)
 LOOPS, TICKS, SPIS, MAX_STEP, FREQ, LAST_READ, UNEXPECTED, LAST_TICK = range(8)
@@ -223,9 +223,11 @@ def test_restore_continues_counter(arm64_vm, tmp_path, backend):
 
 def test_restored_run_ends_identical_to_original(arm64_vm, tmp_path):
     """One vCPU is deterministic: original and copy, run to the same limit, end byte-equal."""
-    limit = 400_000
-    vm, snap = snapshot_counter(arm64_vm, tmp_path, pages=128, iterations=limit)
+    vm, snap = snapshot_counter(arm64_vm, tmp_path, pages=128)
     restored = arm64_vm.restore(snap, Backend.UFFD)
+    limit = vm.result() + 300_000                    # set while both stand at the snapshot
+    for g in (vm, restored):
+        g.mem_write(PARAMS + 8, struct.pack("<Q", limit))
     vm.resume()
     restored.start()
     assert vm.wait(WAIT).exit_code == 0
@@ -271,6 +273,11 @@ def test_diff_restores_on_top_of_parent(arm64_vm, tmp_path, backend):
 
 # ---------- timer and interrupts ----------
 
+def counted_seconds(g, since_counter, freq) -> float:
+    """How far the guest's virtual counter moved since `since_counter`, in seconds."""
+    return (g.word(0, LAST_READ) - since_counter) / freq
+
+
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name.lower())
 def test_timer_and_device_interrupts_continue_after_restore(arm64_vm, tmp_path, backend):
     """Each vCPU's timer PPI (its redistributor, CPU interface and timer registers) and the
@@ -282,30 +289,34 @@ def test_timer_and_device_interrupts_continue_after_restore(arm64_vm, tmp_path, 
     g.snapshot(snap)
     saved = [[g.word(cpu, i) for i in range(8)] for cpu in range(2)]
     copy = arm64_vm.restore(snap, backend)
+    restored_at = time.monotonic()
     time.sleep(2.0)                                    # a copy that starts later
     copy.start()
     for cpu in range(2):
         copy.wait_word_above(saved[cpu][TICKS] + 5, cpu, TICKS)
     copy.wait_word_above(saved[1][SPIS] + 1, 1, SPIS)
     copy.pause()
-    freq = saved[0][FREQ]
+    elapsed = time.monotonic() - restored_at
     for cpu in range(2):
         assert copy.word(cpu, UNEXPECTED) == 0
-        # the largest step of the virtual counter stays far below the 2 s the copy waited
-        assert copy.word(cpu, MAX_STEP) < freq // 2, (cpu, copy.word(cpu, MAX_STEP), freq)
     assert copy.word(0, SPIS) == saved[0][SPIS] == 0   # the SPI still goes to vCPU 1 only
+    # Since the restore the counter moved only while the copy ran, not during its 2 s wait. (A
+    # stalled vCPU does not matter here: the counter runs on while it stalls, either way.)
+    counted = counted_seconds(copy, saved[0][LAST_READ], saved[0][FREQ])
+    assert 0 < counted < elapsed - 1.0, (counted, elapsed)
 
 
 def test_pause_keeps_the_virtual_counter_still(arm64_vm):
     g = ticker(arm64_vm, vcpus=1)
     g.pause()
-    at_pause = g.word(0, LAST_READ)
+    paused_at, at_pause, freq = time.monotonic(), g.word(0, LAST_READ), g.word(0, FREQ)
     time.sleep(2.0)
     g.resume()
     g.wait_word_above(g.word(0, TICKS) + 3, 0, TICKS)
-    freq = g.word(0, FREQ)
-    assert g.word(0, MAX_STEP) < freq // 2, (g.word(0, MAX_STEP), freq)
-    assert g.word(0, LAST_READ) > at_pause
+    g.pause()
+    elapsed = time.monotonic() - paused_at
+    counted = counted_seconds(g, at_pause, freq)
+    assert 0 < counted < elapsed - 1.0, (counted, elapsed)
 
 
 def test_restored_ticker_runs_to_its_end(arm64_vm, tmp_path):
