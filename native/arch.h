@@ -27,6 +27,12 @@ int arch_flat_boot(struct vmm *vm, const struct vmm_flat_boot *b);
 int arch_load_linux(struct vmm *vm, const void *kernel, size_t klen, const void *initrd,
                     size_t ilen, const char *cmdline);
 int arch_vcpu_resumed(struct vmm *vm, struct vcpu *c);  /* after a pause or restore */
+/* Every vCPU is parked and none runs until arch_vm_resume: a pause completed (arm64 reads the
+ * guest's counters here, to keep them still while the VM does not run). */
+int arch_vm_paused(struct vmm *vm);
+/* Before any vCPU runs again, from start (new or restored) and resume, every vCPU out of
+ * KVM_RUN (arm64 sets the guest's counters back to where they stood). */
+int arch_vm_resume(struct vmm *vm);
 
 /* Where devices go. Platform and test devices have fixed places (the arch's own devices and the
  * test guests know them); configured devices take MMIO slots in order. */

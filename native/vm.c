@@ -423,7 +423,7 @@ int vmm_start(struct vmm *vm)
         goto out;
     for (unsigned i = 0; i < vm->cfg.vcpus && !r; i++)
         r = arch_vcpu_resumed(vm, &vm->vcpus[i]);
-    if (r || (r = evl_start(vm->loop)))
+    if (r || (r = arch_vm_resume(vm)) || (r = evl_start(vm->loop)))
         goto out;
     pthread_mutex_lock(&vm->lock);
     vm->state = VMM_STATE_RUNNING;
@@ -481,10 +481,13 @@ static int pause_locked(struct vmm *vm)
         r = vmm_err(ETIMEDOUT, "vCPUs did not park within %d ms: %s; the VM is failed",
                     PAUSE_TIMEOUT_MS, why);
     }
+    bool arch_paused = !r && !(r = arch_vm_paused(vm));
     if (!r && (r = evl_quiesce(vm->loop, QUIESCE_TIMEOUT_MS)) == 0) {
         devmgr_quiesce(&vm->dm);
         vm->loop_quiesced = true;
     }
+    if (r && arch_paused)
+        arch_vm_resume(vm);         /* the vCPUs run on after all */
     pthread_mutex_lock(&vm->lock);
     if (r) {
         atomic_store(&vm->pause_req, false);
@@ -517,6 +520,10 @@ int vmm_resume(struct vmm *vm)
     if (st != VMM_STATE_PAUSED) {
         vm_op_end(vm);
         return vmm_err(EBUSY, "VM is not paused (state %d)", st);
+    }
+    if ((r = arch_vm_resume(vm))) {
+        vm_op_end(vm);
+        return r;
     }
     if (vm->loop_quiesced) {
         devmgr_resume(&vm->dm);

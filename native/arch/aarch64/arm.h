@@ -1,4 +1,5 @@
-/* arm.h - aarch64 arch-private data and the guest-physical places of its devices. */
+/* arm.h - aarch64 arch-private data, the guest-physical places of its devices, and the host's
+ * register list (probed once). */
 #ifndef VMM_ARM_H
 #define VMM_ARM_H
 #include <stddef.h>
@@ -20,6 +21,8 @@
 #define MMIO_SLOT_GSI 16
 #define MMIO_SLOTS    32
 #define PSTATE_EL1H_DAIF 0x3c5ULL      /* EL1 with SP_EL1, D/A/I/F masked */
+#define ARM_MAX_COUNTERS 2              /* the virtual counter, and the physical one where KVM
+                                         * lets it be offset (6.4 and later) */
 
 #define CORE_REG(field) (KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | \
                          (offsetof(struct kvm_regs, field) / sizeof(uint32_t)))
@@ -31,7 +34,25 @@
 struct arm_vm {
     struct kvm_vcpu_init init;     /* the preferred target, PSCI 0.2 */
     int gic_fd;
+    /* The guest's counters stand still while the VM does not run (paused, restored and not yet
+     * started): the values to resume from. Only touched with every vCPU out of KVM_RUN, under
+     * the VM's operation lock (state.c). */
+    bool frozen;
+    uint64_t counter[ARM_MAX_COUNTERS];
 };
+
+/* What this host's KVM offers a vCPU of ours; immutable once probed. */
+struct arm_caps {
+    uint64_t *regs;                     /* KVM_GET_REG_LIST, in KVM's order */
+    uint64_t *sorted;                   /* the same, sorted, for lookups */
+    uint32_t nregs;
+    uint64_t counters[ARM_MAX_COUNTERS];   /* the counter registers it lists */
+    int ncounters;
+};
+/* NULL with the message set when probing failed. */
+const struct arm_caps *arm_caps(void);
+/* The vCPU features every vCPU of ours is initialized with (and the probe's). */
+int arm_vcpu_target(int vm_fd, struct kvm_vcpu_init *init);
 
 struct arm_vm *arm(struct vmm *vm);
 int arm_set_reg(int fd, uint64_t id, uint64_t value);

@@ -1,9 +1,8 @@
 /*
  * aarch64 VM: RAM from 2 GiB up, devices on MMIO below it, a vGICv3 created before the vCPUs
  * and initialized after them, vCPUs via KVM_ARM_VCPU_INIT (secondaries powered off until PSCI
- * CPU_ON), and the flat boot of test guests at EL1 with the MMU off. Snapshots of arm64 VMs
- * (every register from KVM_GET_REG_LIST, the vGIC state) come with the Linux-guest work; until
- * then the state calls refuse.
+ * CPU_ON), and the flat boot of test guests at EL1 with the MMU off. Snapshots: state.c (vCPU
+ * registers, counters) and vgic_state.c.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -16,8 +15,6 @@
 struct arm_vm *arm(struct vmm *vm) { return vm->arch; }
 
 uint32_t arch_id(void) { return ARCH_AARCH64; }
-
-int arch_host_probe(void) { return 0; }
 
 int arch_memory_layout(uint64_t size, uint64_t *gpas, uint64_t *sizes, int max)
 {
@@ -35,9 +32,16 @@ int arch_vm_init(struct vmm *vm)
         return vmm_err(ENOMEM, "out of memory for aarch64 VM data");
     a->gic_fd = -1;
     vm->arch = a;
-    if (ioctl(vm->vm_fd, KVM_ARM_PREFERRED_TARGET, &a->init) < 0)
+    return arm_vcpu_target(vm->vm_fd, &a->init);
+}
+
+/* The host probe (state.c) initializes its vCPU the same way: the register list depends on it. */
+int arm_vcpu_target(int vm_fd, struct kvm_vcpu_init *init)
+{
+    memset(init, 0, sizeof(*init));
+    if (ioctl(vm_fd, KVM_ARM_PREFERRED_TARGET, init) < 0)
         return vmm_err(errno, "KVM_ARM_PREFERRED_TARGET: %m");
-    a->init.features[0] |= 1u << KVM_ARM_VCPU_PSCI_0_2;
+    init->features[0] |= 1u << KVM_ARM_VCPU_PSCI_0_2;
     return 0;
 }
 
@@ -165,51 +169,4 @@ int arch_flat_boot(struct vmm *vm, const struct vmm_flat_boot *b)
             return vmm_err_ctx(r, "vCPU %u", i);
     }
     return 0;
-}
-
-bool arch_vcpus_first(void) { return true; }
-
-static int no_snapshots(void)
-{
-    return vmm_err(ENOTSUP, "snapshots of aarch64 VMs are not implemented yet (every register "
-                   "from KVM_GET_REG_LIST and the vGIC state come with Linux guests)");
-}
-
-struct arch_vm_state { int unused; };
-struct arch_vcpu_state { int unused; };
-
-int arch_vm_save(struct vmm *vm, struct enc *e) { (void)vm; (void)e; return no_snapshots(); }
-int arch_vm_decode(struct vmm *vm, const struct dec_map *m, struct arch_vm_state **out)
-{
-    (void)vm; (void)m; (void)out;
-    return no_snapshots();
-}
-int arch_vm_apply(struct vmm *vm, const struct arch_vm_state *s)
-{
-    (void)vm; (void)s;
-    return no_snapshots();
-}
-int arch_vcpu_save(struct vmm *vm, struct vcpu *c, struct enc *e)
-{
-    (void)vm; (void)c; (void)e;
-    return no_snapshots();
-}
-int arch_vcpu_decode(struct vmm *vm, struct vcpu *c, const struct dec_map *m,
-                     struct arch_vcpu_state **out)
-{
-    (void)vm; (void)c; (void)m; (void)out;
-    return no_snapshots();
-}
-int arch_vcpu_apply(struct vmm *vm, struct vcpu *c, const struct arch_vcpu_state *s)
-{
-    (void)vm; (void)c; (void)s;
-    return no_snapshots();
-}
-void arch_vm_state_free(struct arch_vm_state *s) { free(s); }
-void arch_vcpu_state_free(struct arch_vcpu_state *s) { free(s); }
-
-int arch_flat_vcpu_regs(int vcpu_fd, const void *regs, size_t len)
-{
-    (void)vcpu_fd; (void)regs; (void)len;
-    return vmm_err(ENOTSUP, "the restore-floor bench is x86_64 only so far");
 }

@@ -219,6 +219,10 @@ int arch_vcpu_resumed(struct vmm *vm, struct vcpu *c)
     return 0;
 }
 
+/* kvmclock runs on across a pause (KVMCLOCK_CTRL above tells the guest); nothing to do. */
+int arch_vm_paused(struct vmm *vm) { (void)vm; return 0; }
+int arch_vm_resume(struct vmm *vm) { (void)vm; return 0; }
+
 /* ---------- flat boot of test guests ---------- */
 
 static void flat_sregs(struct kvm_sregs *s)
