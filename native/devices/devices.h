@@ -4,6 +4,7 @@
 #include "../internal.h"
 
 extern const struct device_ops serial_ops;
+extern const struct device_ops virtio_rng_ops;
 #ifdef VMM_TEST_BUILD
 extern const struct device_ops debugport_ops;
 extern const struct device_ops testdev_ops;
