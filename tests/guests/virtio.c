@@ -1,0 +1,297 @@
+/*
+ * virtio: a hand-written virtio-mmio driver at CPL3 (interrupts off: it polls the used ring).
+ * The host puts a struct vparams at PARAMS + 0x80 saying which device window to drive and how:
+ *   MODE_RNG      n requests of 64 bytes to virtio-rng (n = 0: forever); results[0] counts the
+ *                 completed ones, results[1] the all-zero answers. Exit code = failures.
+ *   MODE_HOSTILE  for each kind of garbage: set the queue up, write the garbage, ring, and wait
+ *                 for DEVICE_NEEDS_RESET; then reset and check one good request still works.
+ *                 results[2] = kinds refused as they should be. Exit code = kinds that were not.
+ *   MODE_BLK      virtio-blk: GET_ID, read sector 0 (the host's pattern), write `n` sectors of
+ *                 a pattern at sector 8, flush, read them back. Exit code = mismatches.
+ */
+#include "guest.h"
+
+#define MODE_RNG 1
+#define MODE_HOSTILE 2
+#define MODE_BLK 3
+
+struct vparams {
+    u64 base;                  /* the device's MMIO window */
+    u64 mode;
+    u64 n;
+    u64 seed;
+};
+#define VP ((volatile struct vparams *)(0x8000 + 0x80))
+
+#define QSIZE 16
+#define RING ((u64)DATA + 0x100000)      /* desc, avail +0x1000, used +0x2000 */
+#define BUF ((u64)DATA + 0x200000)       /* buffers */
+#define ROGUE ((u64)DATA + 0x300000)     /* indirect tables and such */
+
+struct desc { u64 addr; u32 len; u16 flags; u16 next; };
+
+static volatile u32 *reg(u32 off) { return (volatile u32 *)(VP->base + off); }
+static struct desc *descs(void) { return (struct desc *)RING; }
+static volatile u16 *avail(void) { return (volatile u16 *)(RING + 0x1000); }
+static volatile u16 *used(void) { return (volatile u16 *)(RING + 0x2000); }
+static u16 avail_idx, used_seen;
+
+static void zero(u64 addr, u64 len)
+{
+    for (u64 i = 0; i < len; i += 8)
+        *(volatile u64 *)(addr + i) = 0;
+}
+
+/* Status, features (VERSION_1 and `feat_lo`), queue 0..nq-1 at RING + q * 0x4000, DRIVER_OK. */
+static u32 setup(u32 feat_lo, int nq)
+{
+    *reg(0x70) = 0;
+    *reg(0x70) = 3;
+    *reg(0x24) = 0;
+    *reg(0x20) = feat_lo;
+    *reg(0x24) = 1;
+    *reg(0x20) = 1;                       /* VIRTIO_F_VERSION_1 */
+    *reg(0x70) = 3 | 8;
+    if (!(*reg(0x70) & 8))
+        return 0;
+    for (int q = 0; q < nq; q++) {
+        u64 base = RING + (u64)q * 0x4000;
+        zero(base, 0x4000);
+        *reg(0x30) = (u32)q;
+        *reg(0x38) = QSIZE;
+        *reg(0x80) = (u32)base;
+        *reg(0x84) = (u32)(base >> 32);
+        *reg(0x90) = (u32)(base + 0x1000);
+        *reg(0x94) = 0;
+        *reg(0xa0) = (u32)(base + 0x2000);
+        *reg(0xa4) = 0;
+        *reg(0x44) = 1;
+    }
+    avail_idx = used_seen = 0;
+    *reg(0x70) = 3 | 8 | 4;
+    return *reg(0x70);
+}
+
+static void publish(u16 head)
+{
+    avail()[2 + avail_idx % QSIZE] = head;
+    __asm__ volatile("" ::: "memory");
+    avail()[1] = ++avail_idx;
+    __asm__ volatile("mfence" ::: "memory");
+    *reg(0x50) = 0;
+}
+
+/* Waits for the next used entry; its length, or -1 after too long or when the device broke. */
+static long long wait_used(void)
+{
+    for (u64 spin = 0; spin < 200000000ULL; spin++) {
+        if (used()[1] != used_seen) {
+            u32 len = *(volatile u32 *)(RING + 0x2000 + 4 + 8 * (used_seen % QSIZE) + 4);
+            used_seen++;
+            return len;
+        }
+        if (*reg(0x70) & 64)
+            return -1;
+    }
+    return -1;
+}
+
+static int wait_broken(void)
+{
+    for (u64 spin = 0; spin < 200000000ULL; spin++)
+        if (*reg(0x70) & 64)
+            return (*reg(0x60) & 2) != 0;   /* with a config-change interrupt */
+    return 0;
+}
+
+static void desc_set(u16 i, u64 addr, u32 len, u16 flags, u16 next)
+{
+    descs()[i].addr = addr;
+    descs()[i].len = len;
+    descs()[i].flags = flags;
+    descs()[i].next = next;
+}
+
+static u32 rng_once(u32 i)
+{
+    u64 buf = BUF + (i % QSIZE) * 64;
+    zero(buf, 64);
+    u16 d = (u16)(i % QSIZE);
+    desc_set(d, buf, 64, 2, 0);
+    publish(d);
+    long long len = wait_used();
+    if (len != 64)
+        return 1;
+    u64 any = 0;
+    for (int k = 0; k < 8; k++)
+        any |= ((volatile u64 *)buf)[k];
+    if (!any)
+        RESULTS[1]++;
+    RESULTS[0]++;
+    return 0;
+}
+
+static u32 mode_rng(void)
+{
+    u32 bad = setup(0, 1) == 0xf ? 0 : 1000;
+    for (u32 i = 0; !bad && (VP->n == 0 || i < VP->n); i++)
+        bad += rng_once(i);
+    return bad;
+}
+
+/* Each kind of garbage, written into a queue that was set up properly. */
+static void garbage(int kind)
+{
+    switch (kind) {
+    case 0:   /* a descriptor that chains to itself */
+        desc_set(0, BUF, 64, 1 | 2, 0);
+        publish(0);
+        break;
+    case 1:   /* a buffer outside guest RAM */
+        desc_set(0, 0xffffff000000ULL, 64, 2, 0);
+        publish(0);
+        break;
+    case 2:   /* next index past the queue */
+        desc_set(0, BUF, 64, 1 | 2, 999);
+        publish(0);
+        break;
+    case 3:   /* the avail index running far ahead */
+        desc_set(0, BUF, 64, 2, 0);
+        avail()[1] = 1000;
+        *reg(0x50) = 0;
+        break;
+    case 4:   /* an indirect table, not negotiated */
+        desc_set(0, ROGUE, 32, 4, 0);
+        publish(0);
+        break;
+    case 5:   /* a head index past the queue */
+        avail()[2 + avail_idx % QSIZE] = 0x7777;
+        avail()[1] = ++avail_idx;
+        *reg(0x50) = 0;
+        break;
+    case 6:   /* a readable buffer where the device only writes */
+        desc_set(0, BUF, 64, 0, 0);
+        publish(0);
+        break;
+    }
+}
+#define KINDS 7
+
+static u32 mode_hostile(void)
+{
+    u32 bad = 0;
+    for (int kind = 0; kind < KINDS; kind++) {
+        if (setup(0, 1) != 0xf) {
+            bad++;
+            continue;
+        }
+        garbage(kind);
+        if (!wait_broken()) {
+            puts("garbage not refused: ");
+            putdec((u64)kind);
+            putc('\n');
+            bad++;
+            continue;
+        }
+        /* after a reset the device works again */
+        if (setup(0, 1) != 0xf || rng_once(0)) {
+            bad++;
+            continue;
+        }
+        RESULTS[2]++;
+    }
+    /* rings outside RAM at QueueReady: refused on the spot */
+    *reg(0x70) = 0;
+    *reg(0x70) = 3;
+    *reg(0x24) = 1;
+    *reg(0x20) = 1;
+    *reg(0x70) = 3 | 8;
+    *reg(0x30) = 0;
+    *reg(0x38) = QSIZE;
+    *reg(0x80) = 0;
+    *reg(0x84) = 0x100;                   /* desc at 1 TiB */
+    *reg(0x44) = 1;
+    if (*reg(0x44) || !(*reg(0x70) & 64))
+        bad++;
+    else
+        RESULTS[2]++;
+    return bad;
+}
+
+/* ---------- virtio-blk ---------- */
+
+struct blk_req { u32 type, reserved; u64 sector; };
+
+/* One request: header, optional data (dir: 0 none, 1 device reads, 2 device writes), status. */
+static int blk_rw(u32 type, u64 sector, u64 data, u32 len, int dir)
+{
+    struct blk_req *h = (struct blk_req *)(BUF + 0xf000);
+    volatile u8 *status = (volatile u8 *)(BUF + 0xf100);
+    h->type = type;
+    h->reserved = 0;
+    h->sector = sector;
+    *status = 0xff;
+    desc_set(0, (u64)h, 16, 1, 1);
+    u16 last = 1;
+    if (dir) {
+        desc_set(1, data, len, (u16)(1 | (dir == 2 ? 2 : 0)), 2);
+        last = 2;
+    } else {
+        descs()[0].next = 1;
+    }
+    desc_set(last, (u64)status, 1, 2, 0);
+    publish(0);
+    if (wait_used() < 0)
+        return -1;
+    return *status;
+}
+
+static u32 mode_blk(void)
+{
+    u32 bad = setup(0, 1) == 0xf ? 0 : 1000;
+    volatile u8 *buf = (volatile u8 *)(BUF + 0x10000);
+    if (blk_rw(8, 0, (u64)buf, 20, 2) != 0)                       /* GET_ID */
+        bad++;
+    else if (buf[0] != 'v' || buf[1] != 'm' || buf[2] != 'm' || buf[3] != 'd')
+        bad++;
+    if (blk_rw(0, 0, (u64)buf, 512, 2) != 0)                      /* read sector 0 */
+        bad++;
+    for (int i = 0; i < 512; i++)
+        if (buf[i] != (u8)(i ^ 0x5a))
+            bad++;
+    u32 n = (u32)(VP->n ? VP->n : 8);
+    for (u32 i = 0; i < n * 512; i++)
+        buf[i] = (u8)(i * 7 + VP->seed);
+    if (blk_rw(1, 8, (u64)buf, n * 512, 1) != 0)                  /* write */
+        bad++;
+    if (blk_rw(4, 0, 0, 0, 0) != 0)                               /* flush */
+        bad++;
+    zero((u64)buf, n * 512);
+    if (blk_rw(0, 8, (u64)buf, n * 512, 2) != 0)                  /* read back */
+        bad++;
+    for (u32 i = 0; i < n * 512; i++)
+        if (buf[i] != (u8)(i * 7 + VP->seed))
+            bad++;
+    RESULTS[0] = bad;
+    return bad;
+}
+
+void main(u64 cpu)
+{
+    if (cpu != 0)
+        for (;;)
+            ;
+    if (*reg(0) != 0x74726976u || *reg(4) != 2)
+        guest_exit(0xbad);
+    u32 bad = 0;
+    switch (VP->mode) {
+    case MODE_RNG: bad = mode_rng(); break;
+    case MODE_HOSTILE: bad = mode_hostile(); break;
+    case MODE_BLK: bad = mode_blk(); break;
+    default: bad = 0xbad;
+    }
+    puts("virtio failures: ");
+    putdec(bad);
+    putc('\n');
+    guest_exit(bad);
+}
