@@ -106,6 +106,13 @@ void devmgr_resume(struct devmgr *dm)
             dm->devs[i].ops->resume(&dm->devs[i]);
 }
 
+void devmgr_snapshot_done(struct devmgr *dm, int result)
+{
+    for (int i = 0; i < dm->n; i++)
+        if (dm->devs[i].ops->snapshot_done)
+            dm->devs[i].ops->snapshot_done(&dm->devs[i], result);
+}
+
 void devmgr_destroy(struct devmgr *dm)
 {
     for (int i = dm->n - 1; i >= 0; i--) {
