@@ -24,6 +24,7 @@ static const struct dev_type types[] = {
     {VMM_DEV_TESTDEV, "testdev", &testdev_ops},
 #endif
     {VMM_DEV_VIRTIO_RNG, "virtio-rng", &virtio_rng_ops},
+    {VMM_DEV_VIRTIO_BLK, "virtio-blk", &virtio_blk_ops},
 };
 
 static const struct dev_type *find_type(int type)

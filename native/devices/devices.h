@@ -5,6 +5,7 @@
 
 extern const struct device_ops serial_ops;
 extern const struct device_ops virtio_rng_ops;
+extern const struct device_ops virtio_blk_ops;
 #ifdef VMM_TEST_BUILD
 extern const struct device_ops debugport_ops;
 extern const struct device_ops testdev_ops;
