@@ -8,18 +8,27 @@
  *                 results[2] = kinds refused as they should be. Exit code = kinds that were not.
  *   MODE_BLK      virtio-blk: GET_ID, read sector 0 (the host's pattern), write `n` sectors of
  *                 a pattern at sector 8, flush, read them back. Exit code = mismatches.
+ *   MODE_SERVE    virtio-blk, driven by the host: each time it bumps `seq`, run `cmd` (CMD_WRITE:
+ *                 write n sectors of the pattern of `seed` at sector 8 and flush; CMD_CHECK: read
+ *                 them and count mismatches with that pattern), then results[0] = mismatches,
+ *                 results[3] = seq. Never exits (the host pauses and snapshots it between).
  */
 #include "guest.h"
 
 #define MODE_RNG 1
 #define MODE_HOSTILE 2
 #define MODE_BLK 3
+#define MODE_SERVE 4
+#define CMD_WRITE 1
+#define CMD_CHECK 2
 
 struct vparams {
     u64 base;                  /* the device's MMIO window */
     u64 mode;
     u64 n;
     u64 seed;
+    volatile u64 seq;          /* MODE_SERVE: the host's command count */
+    u64 cmd;
 };
 #define VP ((volatile struct vparams *)(0x8000 + 0x80))
 
@@ -276,6 +285,42 @@ static u32 mode_blk(void)
     return bad;
 }
 
+static u32 blk_pattern(int check)
+{
+    volatile u8 *buf = (volatile u8 *)(BUF + 0x10000);
+    u32 n = (u32)(VP->n ? VP->n : 8), bad = 0;
+    u8 seed = (u8)VP->seed;
+    if (!check) {
+        for (u32 i = 0; i < n * 512; i++)
+            buf[i] = (u8)(i * 13 + seed);
+        if (blk_rw(1, 8, (u64)buf, n * 512, 1) != 0 || blk_rw(4, 0, 0, 0, 0) != 0)
+            bad++;
+        return bad;
+    }
+    zero((u64)buf, n * 512);
+    if (blk_rw(0, 8, (u64)buf, n * 512, 2) != 0)
+        bad++;
+    for (u32 i = 0; i < n * 512; i++)
+        if (buf[i] != (u8)(i * 13 + seed))
+            bad++;
+    return bad;
+}
+
+static void mode_serve(void)
+{
+    if (setup(0, 1) != 0xf)
+        guest_exit(1000);
+    u64 seen = 0;
+    for (;;) {
+        while (VP->seq == seen)
+            ;
+        seen = VP->seq;
+        RESULTS[0] = blk_pattern(VP->cmd == CMD_CHECK);
+        __asm__ volatile("mfence" ::: "memory");
+        RESULTS[3] = seen;
+    }
+}
+
 void main(u64 cpu)
 {
     if (cpu != 0)
@@ -288,6 +333,7 @@ void main(u64 cpu)
     case MODE_RNG: bad = mode_rng(); break;
     case MODE_HOSTILE: bad = mode_hostile(); break;
     case MODE_BLK: bad = mode_blk(); break;
+    case MODE_SERVE: mode_serve(); break;
     default: bad = 0xbad;
     }
     puts("virtio failures: ");

@@ -1,6 +1,8 @@
 """virtio devices driven by a hand-written CPL3 driver (tests/guests/virtio.c) on the local KVM:
 doorbells through KVM_IOEVENTFD, queue work on the event loop, garbage refused with
 DEVICE_NEEDS_RESET, and a device's queues carried across pause, snapshot and restore."""
+import hashlib
+import os
 import struct
 import time
 
@@ -11,7 +13,8 @@ from vmmd.native import VM, Backend, Device, DeviceType, StopReason
 
 pytestmark = pytest.mark.kvm
 
-MODE_RNG, MODE_HOSTILE, MODE_BLK = 1, 2, 3
+MODE_RNG, MODE_HOSTILE, MODE_BLK, MODE_SERVE = 1, 2, 3, 4
+CMD_WRITE, CMD_CHECK = 1, 2
 SLOT0 = 0xd0000000          # the first configured MMIO device (the debug port is PIO)
 KINDS = 7                   # kinds of garbage the guest writes, plus rings outside RAM
 
@@ -93,3 +96,115 @@ def test_pause_leaves_no_request_half_served():
             assert (avail_idx - used_idx) % 65536 in (0, 1), (avail_idx, used_idx)
             vm.resume()
         assert results(vm)[0] > 0
+
+
+# ---------- virtio-blk ----------
+
+def make_base(path, size=1 << 20):
+    """A base image whose sector 0 holds the pattern the guest checks."""
+    sector = bytes((i ^ 0x5a) & 0xff for i in range(512))
+    with open(path, "wb") as f:
+        f.write(sector + bytes(size - 512))
+    return str(path)
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def blk(base, overlay, **kw):
+    return Device(DeviceType.VIRTIO_BLK, path=str(base), overlay=str(overlay), **kw)
+
+
+def test_blk_serves_get_id_reads_writes_and_flush(tmp_path):
+    base = make_base(tmp_path / "base.img")
+    before = digest(base)
+    with VM.create(1, 64 << 20, devices=devices(blk(base, tmp_path / "ov"))) as vm:
+        boot(vm, MODE_BLK, n=64, seed=9)
+        info = vm.wait(60)
+        out = vm.serial_read()
+    assert info.reason == StopReason.GUEST_EXIT and info.exit_code == 0, (info, out)
+    assert digest(base) == before
+    assert os.path.getsize(tmp_path / "ov") > 0
+
+
+def command(vm, seq, cmd, seed):
+    vm.mem_write(PARAMS + 0x80 + 24, struct.pack("<Q", seed))
+    vm.mem_write(PARAMS + 0x80 + 40, struct.pack("<Q", cmd))
+    vm.mem_write(PARAMS + 0x80 + 32, struct.pack("<Q", seq))
+    deadline = time.monotonic() + 20
+    while results(vm)[3] != seq:
+        assert time.monotonic() < deadline, f"command {seq} never finished: {vm.stats()}"
+        time.sleep(0.002)
+    return results(vm)[0]
+
+
+class Serving:
+    """A VM whose guest runs disk commands on request (MODE_SERVE)."""
+
+    def __init__(self, vm):
+        self.vm, self.seq = vm, 0
+
+    def write(self, seed):
+        self.seq += 1
+        assert command(self.vm, self.seq, CMD_WRITE, seed) == 0
+
+    def check(self, seed):
+        self.seq += 1
+        return command(self.vm, self.seq, CMD_CHECK, seed)
+
+
+def test_disk_is_exactly_the_snapshots_in_every_restore(tmp_path):
+    """A write before the snapshot is in every restore of it; one after it, or in another
+    restore, is not; the base image never changes; the snapshot holds the sealed layer."""
+    base = make_base(tmp_path / "base.img")
+    before = digest(base)
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    vm = VM.create(1, 64 << 20, devices=devices(blk(base, tmp_path / "a")))
+    with vm:
+        boot(vm, MODE_SERVE, n=16)
+        a = Serving(vm)
+        a.write(1)
+        vm.pause()
+        vm.snapshot(snap)
+        vm.resume()
+        assert (snap / "virtio-blk.0.disk").is_file()
+        assert os.stat(snap / "virtio-blk.0.disk").st_mode & 0o777 == 0o444
+        sealed = digest(snap / "virtio-blk.0.disk")
+        a.write(2)                                     # after the snapshot: a fresh layer
+        assert a.check(2) == 0
+        seq_a = a.seq
+    assert digest(snap / "virtio-blk.0.disk") == sealed
+
+    for name, seed in (("b", 3), ("c", 4)):
+        with VM.restore(snap, Backend.MMAP, devices=devices(blk(base, tmp_path / name))) as r:
+            r.start()
+            s = Serving(r)
+            s.seq = seq_a - 2                           # the guest's count at the snapshot
+            assert s.check(1) == 0                      # the snapshot's data
+            assert s.check(2) > 0                       # not the original's later write
+            assert s.check(3) > 0                       # not the other restore's write
+            s.write(seed)
+            assert s.check(seed) == 0
+    assert digest(base) == before
+    assert digest(snap / "virtio-blk.0.disk") == sealed
+
+
+def test_restore_with_another_base_image_is_refused(tmp_path):
+    base = make_base(tmp_path / "base.img")
+    other = tmp_path / "other.img"
+    with open(other, "wb") as f:
+        f.write(os.urandom(1 << 20))
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    with VM.create(1, 64 << 20, devices=devices(blk(base, tmp_path / "a"))) as vm:
+        boot(vm, MODE_SERVE, n=4)
+        Serving(vm).write(1)
+        vm.pause()
+        vm.snapshot(snap)
+    from vmmd.native import VmmError
+    with pytest.raises(VmmError, match="base image"):
+        VM.restore(snap, Backend.MMAP, devices=devices(blk(other, tmp_path / "b")))
+    assert not (tmp_path / "b").exists()               # a refused restore leaves no overlay
