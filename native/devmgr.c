@@ -25,6 +25,7 @@ static const struct dev_type types[] = {
 #endif
     {VMM_DEV_VIRTIO_RNG, "virtio-rng", &virtio_rng_ops},
     {VMM_DEV_VIRTIO_BLK, "virtio-blk", &virtio_blk_ops},
+    {VMM_DEV_VIRTIO_VSOCK, "virtio-vsock", &virtio_vsock_ops},
 };
 
 static const struct dev_type *find_type(int type)

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/uio.h>
 #include "virtq.h"
 
 struct vring_desc {
@@ -232,4 +233,29 @@ int64_t vq_chain_write(struct guest_mem *m, const struct vq_chain *c, uint64_t o
                        const void *src, uint64_t len)
 {
     return chain_copy(m, c, true, off, (uint8_t *)src, len);
+}
+
+int vq_chain_iov(struct guest_mem *m, const struct vq_chain *c, bool write, uint64_t skip,
+                 uint64_t len, struct iovec *iov, int max, uint64_t *got)
+{
+    uint16_t first = write ? c->nread : 0, end = write ? c->nseg : c->nread;
+    int n = 0;
+    *got = 0;
+    for (uint16_t i = first; i < end && *got < len && n < max; i++) {
+        const struct vq_seg *s = &c->seg[i];
+        if (skip >= s->len) {
+            skip -= s->len;
+            continue;
+        }
+        uint64_t k = s->len - skip;
+        if (k > len - *got)
+            k = len - *got;
+        void *p = gm_slice(m, s->addr + skip, k, write);
+        if (!p)
+            return vmm_err(EFAULT, "a buffer left guest RAM");
+        iov[n++] = (struct iovec){p, (size_t)k};
+        *got += k;
+        skip = 0;
+    }
+    return n;
 }

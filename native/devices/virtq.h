@@ -76,4 +76,10 @@ int64_t vq_chain_read(struct guest_mem *m, const struct vq_chain *c, uint64_t of
                       uint64_t len);
 int64_t vq_chain_write(struct guest_mem *m, const struct vq_chain *c, uint64_t off,
                        const void *src, uint64_t len);
+/* Host iovecs for `len` bytes of a chain's readable (write=false) or writable part from byte
+ * `skip` on, for zero-copy I/O (gm_slice: call gm_done after the I/O). Returns the count, or
+ * <0. *got = bytes covered (less than len at the chain's end). */
+struct iovec;
+int vq_chain_iov(struct guest_mem *m, const struct vq_chain *c, bool write, uint64_t skip,
+                 uint64_t len, struct iovec *iov, int max, uint64_t *got);
 #endif
