@@ -48,8 +48,8 @@ def vsock_hdr(src_cid, dst_cid, src_port, dst_port, length, typ, op, flags=0, bu
 def vsock_seeds():
     out = {}
     # each input is a sequence of guest packets: u16 length, then the packet bytes
-    def seq(*pkts):
-        return b"".join(struct.pack("<H", len(p)) + p for p in pkts)
+    def seq(*pkts):   # byte 0 even: packets for the device's tx queue
+        return b"\x00" + b"".join(struct.pack("<H", len(p)) + p for p in pkts)
     cid = 3
     out["connect_send_close"] = seq(
         vsock_hdr(cid, 2, 1025, 1234, 0, 1, 1),
@@ -61,7 +61,9 @@ def vsock_seeds():
         vsock_hdr(cid, 2, 52, 1 << 30, 0, 1, 2),
         vsock_hdr(cid, 2, 52, 1 << 30, 0, 1, 6, buf_alloc=4096, fwd_cnt=100))
     out["bad_cid_type"] = seq(vsock_hdr(7, 2, 1, 2, 0, 2, 1), vsock_hdr(cid, 9, 1, 2, 0, 1, 1))
-    out["host_lines"] = b"CONNECT 52\n" + b"\x00" + b"CONNECT 4294967295\n" + b"\x00connect x\n"
+    # byte 0 odd: host lines and raw headers, NUL separated
+    out["host_lines"] = (b"\x01CONNECT 52\n\x00CONNECT 4294967295\n\x00connect x\n\x00"
+                         + vsock_hdr(cid, 2, 1, 2, 3, 1, 5) + b"abc")
     return out
 
 
