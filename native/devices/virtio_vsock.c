@@ -698,10 +698,17 @@ static void on_host(void *ctx, uint32_t events)
 
 /* ---------- life cycle ---------- */
 
+/* The driver reset the device: connections the guest knew are gone with it; a host that is
+ * still connecting (its line not read, or its REQUEST not yet delivered) goes on waiting. */
 static void vsock_reset(struct virtio_dev *v)
 {
     struct vsock *s = (struct vsock *)v;
-    drop_all(s);
+    for (int i = 0; i < MAX_CONNS; i++) {
+        struct conn *c = &s->conns[i];
+        if (c->state == C_OPEN || (c->state == C_REQUEST && !c->need_request))
+            conn_free(s, c);
+    }
+    s->nrst = 0;
     s->reset_event = false;
 }
 

@@ -8,6 +8,10 @@
  *                 results[2] = kinds refused as they should be. Exit code = kinds that were not.
  *   MODE_BLK      virtio-blk: GET_ID, read sector 0 (the host's pattern), write `n` sectors of
  *                 a pattern at sector 8, flush, read them back. Exit code = mismatches.
+ *   MODE_VSOCK    virtio-vsock (CID 3): accepts every host connection and echoes what it gets;
+ *                 each time the host bumps `seq` it connects to the host's port `n` and sends
+ *                 "hello from guest". results[0] = bytes echoed, [1] = connections ended,
+ *                 [2] = transport resets seen, [3] = seq once its connection was answered.
  *   MODE_SERVE    virtio-blk, driven by the host: each time it bumps `seq`, run `cmd` (CMD_WRITE:
  *                 write n sectors of the pattern of `seed` at sector 8 and flush; CMD_CHECK: read
  *                 them and count mismatches with that pattern), then results[0] = mismatches,
@@ -19,6 +23,7 @@
 #define MODE_HOSTILE 2
 #define MODE_BLK 3
 #define MODE_SERVE 4
+#define MODE_VSOCK 5
 #define CMD_WRITE 1
 #define CMD_CHECK 2
 
@@ -321,6 +326,122 @@ static void mode_serve(void)
     }
 }
 
+/* ---------- virtio-vsock: an echo server, per-queue rings ---------- */
+
+#define VQ_RX 0
+#define VQ_TX 1
+#define VQ_EV 2
+#define PKT ((u64)DATA + 0x400000)       /* rx buffers: 8 x 4 KiB; tx: 16 x 4 KiB after them */
+static u16 q_avail[3], q_used[3];
+
+static struct desc *qdesc(int q) { return (struct desc *)(RING + (u64)q * 0x4000); }
+static volatile u16 *qavail(int q) { return (volatile u16 *)(RING + (u64)q * 0x4000 + 0x1000); }
+static volatile u16 *qused(int q) { return (volatile u16 *)(RING + (u64)q * 0x4000 + 0x2000); }
+
+static void qpublish(int q, u16 head)
+{
+    qavail(q)[2 + q_avail[q] % QSIZE] = head;
+    __asm__ volatile("" ::: "memory");
+    qavail(q)[1] = ++q_avail[q];
+    __asm__ volatile("mfence" ::: "memory");
+    *reg(0x50) = (u32)q;
+}
+
+/* The next used element of queue q: its descriptor, or -1. */
+static int qtake(int q)
+{
+    if (qused(q)[1] == q_used[q])
+        return -1;
+    u32 id = *(volatile u32 *)((u64)qused(q) + 4 + 8 * (q_used[q] % QSIZE));
+    q_used[q]++;
+    return (int)id;
+}
+
+struct vhdr { u64 src_cid, dst_cid; u32 src_port, dst_port, len; u16 type, op;
+              u32 flags, buf_alloc, fwd_cnt; } __attribute__((packed));
+static u32 fwd[16];                      /* bytes consumed per connection (by our port) */
+
+static void post_rx(u16 i)
+{
+    struct desc *d = &qdesc(VQ_RX)[i];
+    d->addr = PKT + (u64)i * 0x1000;
+    d->len = 0x1000;
+    d->flags = 2;
+    d->next = 0;
+    qpublish(VQ_RX, i);
+}
+
+static void send_vsock(u32 src_port, u32 dst_port, u16 op, const u8 *data, u32 len)
+{
+    static u16 n;
+    u16 i = (u16)(n++ % QSIZE);
+    volatile u8 *b = (volatile u8 *)(PKT + 0x8000 + (u64)i * 0x1000);
+    struct vhdr h = {3, 2, src_port, dst_port, len, 1, op, 0, 65536, fwd[src_port % 16]};
+    for (u32 k = 0; k < sizeof(h); k++)
+        b[k] = ((u8 *)&h)[k];
+    for (u32 k = 0; k < len; k++)
+        b[sizeof(h) + k] = data[k];
+    struct desc *d = &qdesc(VQ_TX)[i];
+    d->addr = (u64)b;
+    d->len = (u32)sizeof(h) + len;
+    d->flags = 0;
+    d->next = 0;
+    qpublish(VQ_TX, i);
+    while (qtake(VQ_TX) < 0)             /* the device takes it at once, on its event loop */
+        ;
+}
+
+static void mode_vsock(void)
+{
+    if (setup(0, 3) != 0xf)
+        guest_exit(1000);
+    struct desc *e = &qdesc(VQ_EV)[0];
+    e->addr = PKT + 0x18000;
+    e->len = 4;
+    e->flags = 2;
+    qpublish(VQ_EV, 0);
+    for (u16 i = 0; i < 8; i++)
+        post_rx(i);
+    mark(0x7500);                        /* the driver is up */
+    u64 seen = 0;
+    u32 my_port = 0;
+    static const u8 hello[] = "hello from guest";
+    for (;;) {
+        int id = qtake(VQ_RX);
+        if (id >= 0) {
+            struct vhdr *h = (struct vhdr *)(PKT + (u64)id * 0x1000);
+            const u8 *payload = (const u8 *)(h + 1);
+            if (h->op == 1) {                                 /* REQUEST: accept */
+                fwd[h->dst_port % 16] = 0;
+                send_vsock(h->dst_port, h->src_port, 2, 0, 0);
+            }
+            else if (h->op == 5 && h->len <= 0x1000 - sizeof(*h)) {   /* RW: echo */
+                fwd[h->dst_port % 16] += h->len;
+                RESULTS[0] += h->len;
+                send_vsock(h->dst_port, h->src_port, 5, payload, h->len);
+            } else if (h->op == 2 && h->dst_port == my_port) {   /* our connect answered */
+                send_vsock(my_port, h->src_port, 5, hello, sizeof(hello) - 1);
+                RESULTS[3] = seen;
+            } else if (h->op == 3 || h->op == 4) {
+                if (h->op == 4)                              /* shut down: complete it */
+                    send_vsock(h->dst_port, h->src_port, 3, 0, 0);
+                RESULTS[1]++;
+            }
+            post_rx((u16)id);
+        }
+        if (qtake(VQ_EV) >= 0) {
+            RESULTS[2]++;
+            qpublish(VQ_EV, 0);
+        }
+        if (VP->seq != seen) {
+            seen = VP->seq;
+            my_port = 2000 + (u32)seen;
+            fwd[my_port % 16] = 0;
+            send_vsock(my_port, (u32)VP->n, 1, 0, 0);
+        }
+    }
+}
+
 void main(u64 cpu)
 {
     if (cpu != 0)
@@ -334,6 +455,7 @@ void main(u64 cpu)
     case MODE_HOSTILE: bad = mode_hostile(); break;
     case MODE_BLK: bad = mode_blk(); break;
     case MODE_SERVE: mode_serve(); break;
+    case MODE_VSOCK: mode_vsock(); break;
     default: bad = 0xbad;
     }
     puts("virtio failures: ");

@@ -208,3 +208,115 @@ def test_restore_with_another_base_image_is_refused(tmp_path):
     with pytest.raises(VmmError, match="base image"):
         VM.restore(snap, Backend.MMAP, devices=devices(blk(other, tmp_path / "b")))
     assert not (tmp_path / "b").exists()               # a refused restore leaves no overlay
+
+
+# ---------- virtio-vsock ----------
+
+MODE_VSOCK = 5
+
+
+def boot_vsock(vm):
+    boot(vm, MODE_VSOCK)
+    deadline = time.monotonic() + 20
+    while vm.stats()["debug_mark"] != 0x7500:
+        assert time.monotonic() < deadline, "the guest's vsock driver never came up"
+        time.sleep(0.002)
+
+
+def vsock(path, cid=3):
+    return Device(DeviceType.VIRTIO_VSOCK, path=str(path), cid=cid)
+
+
+def host_connect(path, port, timeout=10.0):
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(str(path))
+    s.sendall(f"CONNECT {port}\n".encode())
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = s.recv(1)
+        assert chunk, f"the VMM closed the connection after CONNECT {port} (got {line!r})"
+        line += chunk
+    assert line.startswith(b"OK "), line
+    assert int(line[3:]) >= 1 << 30
+    return s
+
+
+def recv_exactly(s, n):
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        assert chunk, f"stream ended after {len(out)} of {n} bytes"
+        out += chunk
+    return out
+
+
+def guest_connects(vm, path, port, seq):
+    import socket
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(f"{path}_{port}")
+    lst.listen(1)
+    lst.settimeout(10)
+    vm.mem_write(PARAMS + 0x80 + 16, struct.pack("<Q", port))
+    vm.mem_write(PARAMS + 0x80 + 32, struct.pack("<Q", seq))
+    conn, _ = lst.accept()
+    conn.settimeout(10)
+    lst.close()
+    return conn
+
+
+def test_vsock_host_and_guest_connections_carry_data_both_ways(tmp_path):
+    path = tmp_path / "v.sock"
+    with VM.create(1, 64 << 20, devices=devices(vsock(path))) as vm:
+        boot_vsock(vm)
+        with host_connect(path, 1234) as s:
+            payload = os.urandom(3000)
+            s.sendall(payload)
+            assert recv_exactly(s, len(payload)) == payload      # echoed by the guest
+            big = os.urandom(300_000)                            # past any one buffer's credit
+            s.sendall(big)
+            assert recv_exactly(s, len(big)) == big
+        conn = guest_connects(vm, path, 5000, 1)
+        with conn:
+            assert recv_exactly(conn, 16) == b"hello from guest"
+            conn.sendall(b"back")
+            assert recv_exactly(conn, 4) == b"back"
+        assert results(vm)[0] == 3000 + 300_000 + 4
+        assert vm.state.name == "RUNNING"
+
+
+def test_vsock_listener_survives_restore_and_stale_connections_end(tmp_path):
+    path, path2 = tmp_path / "v.sock", tmp_path / "w.sock"
+    with VM.create(1, 64 << 20, devices=devices(vsock(path))) as vm:
+        boot_vsock(vm)
+        s = host_connect(path, 1234)
+        s.sendall(b"x")
+        assert recv_exactly(s, 1) == b"x"
+        vm.pause()
+        vm.snapshot(tmp_path / "snap")
+        vm.resume()
+        s.sendall(b"still")                                      # the original goes on
+        assert recv_exactly(s, 5) == b"still"
+        s.close()
+    assert not path.exists()                                     # the VMM removed its socket
+    with VM.restore(tmp_path / "snap", Backend.MMAP, devices=devices(vsock(path2))) as r:
+        r.start()
+        wait_results(r, 2, 0)                                    # TRANSPORT_RESET arrived
+        with host_connect(path2, 1234) as s2:                    # and it accepts again
+            s2.sendall(b"again")
+            assert recv_exactly(s2, 5) == b"again"
+        conn = guest_connects(r, path2, 6000, 7)
+        with conn:
+            assert recv_exactly(conn, 16) == b"hello from guest"
+
+
+def test_vsock_restore_with_another_cid_is_refused(tmp_path):
+    from vmmd.native import VmmError
+    path = tmp_path / "v.sock"
+    with VM.create(1, 64 << 20, devices=devices(vsock(path))) as vm:
+        boot_vsock(vm)
+        vm.pause()
+        vm.snapshot(tmp_path / "snap")
+    with pytest.raises(VmmError, match="CID"):
+        VM.restore(tmp_path / "snap", Backend.MMAP, devices=devices(vsock(path, cid=9)))
