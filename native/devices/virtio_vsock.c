@@ -554,7 +554,8 @@ static int serve_tx(struct vsock *s, bool *more)
     }
     if (served)
         virtio_notify_used(&s->v, q);
-    *more = r >= 0 && (served == q->num || (s->nrst == RST_QUEUE && virtq_pending(q) > 0));
+    /* stopped by owed resets: the guest's next rx buffer (its doorbell) brings us back */
+    *more = r >= 0 && served == q->num;
     return r < 0 ? r : 0;
 }
 
@@ -583,6 +584,10 @@ static int vsock_process(struct virtio_dev *v)
     int served = 0, r;
     if ((r = serve_event(s)) || (r = serve_tx(s, &more)) || (r = serve_rx(s, &served, &more)))
         return r;
+    /* tx packets left behind while resets were owed: rx has made room for them now */
+    struct virtq *tq = virtio_queue(v, Q_TX);
+    if (!more && tq && s->nrst < RST_QUEUE && virtq_pending(tq) > 0)
+        more = true;
     if (more)
         virtio_rekick(v);
     return 0;

@@ -342,6 +342,39 @@ static void test_state_load_resets_connections_and_tells_the_guest(void)
     tv_close(&t);
 }
 
+static bool rekick_pending(struct tv *t)
+{
+    uint64_t n = 0;
+    return read(tv_vdev(t)->kick, &n, sizeof(n)) == sizeof(n) && n > 0;
+}
+
+static void test_resets_owed_without_rx_buffers_wait_without_spinning(void)
+{
+    struct tv t;
+    CHECK(vs_open(&t) == 0);
+    /* a guest that sends to nobody and posts no rx buffers */
+    for (uint32_t i = 0; i < 76; i++)       /* 64 answered, 12 waiting in a queue of 16 */
+        guest_send(&t, 100 + i, 7, VSOCK_OP_RW, "x", 1);
+    rekick_pending(&t);
+    virtio_run(tv_vdev(&t));
+    CHECK(!rekick_pending(&t));              /* blocked on the guest: the device is idle */
+    CHECK(tv_used_idx(&t, 1) == 64);         /* it took what it could answer, no more */
+    int rsts = 0;
+    struct vsock_hdr h;
+    for (int round = 0; round < 40 && rsts < 76; round++) {
+        post_rx(&t, 8);
+        tv_kick(&t, 0);
+        while (rekick_pending(&t))
+            virtio_run(tv_vdev(&t));
+        while (guest_recv(&t, &h, NULL, 0) == 1)
+            rsts += h.op == VSOCK_OP_RST;
+    }
+    CHECK(rsts == 76);
+    CHECK(tv_used_idx(&t, 1) == 76);
+    CHECK(!rekick_pending(&t) && !tv_broken(&t));
+    tv_close(&t);
+}
+
 int main(int argc, char **argv)
 {
     work = argc > 1 ? argv[1] : "/tmp";
@@ -353,6 +386,7 @@ int main(int argc, char **argv)
     test_guest_overrunning_credit_is_reset();
     test_malformed_packets_get_resets_not_crashes();
     test_state_load_resets_connections_and_tells_the_guest();
+    test_resets_owed_without_rx_buffers_wait_without_spinning();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
 }
