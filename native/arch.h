@@ -22,6 +22,10 @@ int arch_vcpu_init(struct vmm *vm, struct vcpu *c);
 /* A new VM's vCPU (CPUID and friends); a restored one gets all of that from its snapshot. */
 int arch_vcpu_defaults(struct vmm *vm, struct vcpu *c);
 int arch_flat_boot(struct vmm *vm, const struct vmm_flat_boot *b);
+/* A Linux kernel (mapped file) and initrd into guest memory, the machine's description, the
+ * boot vCPU's registers. */
+int arch_load_linux(struct vmm *vm, const void *kernel, size_t klen, const void *initrd,
+                    size_t ilen, const char *cmdline);
 int arch_vcpu_resumed(struct vmm *vm, struct vcpu *c);  /* after a pause or restore */
 
 /* Where devices go. Platform and test devices have fixed places (the arch's own devices and the

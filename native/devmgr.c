@@ -9,6 +9,7 @@
 #include <string.h>
 #include "internal.h"
 #include "arch.h"
+#include "arch/boot.h"
 #include "devices/devices.h"
 
 struct dev_type {
@@ -19,6 +20,10 @@ struct dev_type {
 
 static const struct dev_type types[] = {
     {DEV_SERIAL, "serial", &serial_ops},
+    {DEV_I8042, "i8042", &i8042_ops},
+    {DEV_ACPI_PM, "acpi_pm", &acpi_pm_ops},
+    {DEV_PL031, "pl031", &pl031_ops},
+    {VMM_DEV_VMGENID, "vmgenid", &vmgenid_ops},
 #ifdef VMM_TEST_BUILD
     {VMM_DEV_DEBUG, "debug", &debugport_ops},
     {VMM_DEV_TESTDEV, "testdev", &testdev_ops},
@@ -83,7 +88,25 @@ int devmgr_add(struct vmm *vm, int type, uint32_t id, const struct vmm_device_co
         dm->mmio_slots++;
     if (type == DEV_SERIAL && !vm->serial)
         vm->serial = d;
+    if (!slot.bus)
+        return 0;   /* in guest RAM (VMGenID): nothing to dispatch */
     return bus_add(slot.bus == DEV_BUS_PIO ? &vm->pio : &vm->mmio, d->base, d->size, d);
+}
+
+int devmgr_describe(struct devmgr *dm, struct boot_desc *bd)
+{
+    for (int i = 0; i < dm->n; i++) {
+        const struct device *d = &dm->devs[i];
+        if (!d->ops->boot_kind)
+            continue;
+        if (bd->ndevs == BOOT_MAX_DEVS)
+            return vmm_err(ENOSPC, "more than %d devices to describe to the guest",
+                           BOOT_MAX_DEVS);
+        bd->devs[bd->ndevs++] = (struct boot_dev){
+            .kind = d->ops->boot_kind, .flags = d->gsi ? 0 : BOOT_IRQ_NONE,
+            .base = d->base, .size = d->size, .irq = d->gsi};
+    }
+    return 0;
 }
 
 int devmgr_build(struct vmm *vm, const struct vmm_device_config *cfg, unsigned n)

@@ -124,7 +124,7 @@ int ioevent_register(int vm_fd, int efd, uint64_t addr, uint32_t len, bool pio);
 int ioevent_unregister(int vm_fd, int efd, uint64_t addr, uint32_t len, bool pio);
 
 /* ---- buses: address-range dispatch, one callback shape ---- */
-enum bus_req_kind { BUS_REQ_NONE = 0, BUS_REQ_GUEST_EXIT = 1 };
+enum bus_req_kind { BUS_REQ_NONE = 0, BUS_REQ_GUEST_EXIT, BUS_REQ_POWER_OFF, BUS_REQ_RESET };
 struct bus_req {             /* what a device asks of the vCPU loop: it never calls the VM */
     int kind;
     uint64_t value;
@@ -146,7 +146,7 @@ int bus_dispatch(const struct bus *b, uint64_t addr, uint8_t *data, uint32_t len
 /* ---- devices: one struct each, an ops table, state saved by their own pair ---- */
 enum dev_bus { DEV_BUS_PIO = 1, DEV_BUS_MMIO = 2 };
 /* Platform device types, chosen by the arch, not by the caller's configuration. */
-enum dev_platform_type { DEV_SERIAL = 1000 };
+enum dev_platform_type { DEV_SERIAL = 1000, DEV_I8042, DEV_ACPI_PM, DEV_PL031 };
 
 /* The snapshot being written (vmm_snapshot: set around the devices' save and snapshot_done)
  * or read (vmm_restore: set around their decode), for devices that keep files beside it (a
@@ -212,6 +212,9 @@ void devmgr_resume(struct devmgr *dm);
 void devmgr_destroy(struct devmgr *dm);
 void devmgr_snapshot_done(struct devmgr *dm, int result);
 int devmgr_save_config(struct devmgr *dm, struct enc *e);
+struct boot_desc;
+/* Every device the guest is told about, into the boot description's device list. */
+int devmgr_describe(struct devmgr *dm, struct boot_desc *d);
 int devmgr_check_config(struct devmgr *dm, const struct dec_map *cfg);
 const char *devmgr_type_name(int type);
 
@@ -227,7 +230,8 @@ int uffd_inject(struct vmm *vm, int what);
 bool uffd_alive(struct vmm *vm);
 
 /* ---- vCPUs ---- */
-enum exit_action { EXIT_CONTINUE = 0, EXIT_STOP, EXIT_SHUTDOWN, EXIT_ERROR, EXIT_GUEST_EXIT };
+enum exit_action { EXIT_CONTINUE = 0, EXIT_STOP, EXIT_SHUTDOWN, EXIT_ERROR, EXIT_GUEST_EXIT,
+                   EXIT_RESET };
 struct vcpu {
     struct vmm *vm;
     int id;

@@ -309,7 +309,13 @@ static int write_memory(struct vmm *vm, int fd, const uint64_t *set, uint8_t *li
 static uint64_t count_bits(const uint8_t *bm, uint64_t n)
 {
     uint64_t c = 0;
-    for (size_t i = 0; i < bitmap_bytes(n); i++)
+    size_t i = 0, len = bitmap_bytes(n);
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, bm + i, 8);
+        c += (uint64_t)__builtin_popcountll(w);
+    }
+    for (; i < len; i++)
         c += (uint64_t)__builtin_popcount(bm[i]);
     return c;
 }

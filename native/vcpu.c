@@ -32,6 +32,23 @@ static int install_kick_handler(void)
     return 0;
 }
 
+/* What a device asked of the vCPU loop. */
+static enum exit_action bus_action(const struct bus_req *req, char *err, size_t errlen)
+{
+    switch (req->kind) {
+    case BUS_REQ_GUEST_EXIT:
+        return EXIT_GUEST_EXIT;
+    case BUS_REQ_POWER_OFF:
+        snprintf(err, errlen, "the guest powered off");
+        return EXIT_SHUTDOWN;
+    case BUS_REQ_RESET:
+        snprintf(err, errlen, "the guest asked for a reset");
+        return EXIT_RESET;
+    default:
+        return EXIT_CONTINUE;
+    }
+}
+
 /*
  * The pure part of the loop: what one exit means. Everything it reads in kvm_run was written
  * by KVM on the guest's behalf, so offsets and counts are checked against the mapping.
@@ -60,7 +77,7 @@ enum exit_action vcpu_handle_exit(struct kvm_run *run, size_t run_size, struct b
                 if (!w)
                     memset(data, 0xff, size);  /* nothing there: the bus floats high */
             }
-        return req->kind == BUS_REQ_GUEST_EXIT ? EXIT_GUEST_EXIT : EXIT_CONTINUE;
+        return bus_action(req, err, errlen);
     }
     case KVM_EXIT_MMIO: {
         uint32_t len = run->mmio.len;
@@ -75,15 +92,27 @@ enum exit_action vcpu_handle_exit(struct kvm_run *run, size_t run_size, struct b
             if (!run->mmio.is_write)
                 memset(run->mmio.data, 0xff, len);
         }
-        return req->kind == BUS_REQ_GUEST_EXIT ? EXIT_GUEST_EXIT : EXIT_CONTINUE;
+        return bus_action(req, err, errlen);
     }
     case KVM_EXIT_INTR:
     case KVM_EXIT_IRQ_WINDOW_OPEN:
         return EXIT_CONTINUE;
     case KVM_EXIT_SHUTDOWN:
-        return EXIT_SHUTDOWN;
-    case KVM_EXIT_SYSTEM_EVENT:
-        return EXIT_SHUTDOWN;
+        snprintf(err, errlen, "the guest triple-faulted (a reset)");
+        return EXIT_RESET;
+    case KVM_EXIT_SYSTEM_EVENT:     /* PSCI on arm64: KVM has stopped every vCPU's run */
+        switch (run->system_event.type) {
+        case KVM_SYSTEM_EVENT_SHUTDOWN:
+            snprintf(err, errlen, "the guest powered off (PSCI SYSTEM_OFF)");
+            return EXIT_SHUTDOWN;
+        case KVM_SYSTEM_EVENT_RESET:
+            snprintf(err, errlen, "the guest asked for a reset (PSCI SYSTEM_RESET)");
+            return EXIT_RESET;
+        default:
+            snprintf(err, errlen, "the guest reported system event %u (a crash)",
+                     run->system_event.type);
+            return EXIT_ERROR;
+        }
     case KVM_EXIT_HLT:
         snprintf(err, errlen, "guest halted with interrupts it cannot take");
         return EXIT_STOP;
@@ -125,7 +154,10 @@ static bool act(struct vcpu *c, enum exit_action a, const struct bus_req *req, c
         vm_end(vm, VMM_STOP_GUEST_EXIT, (long long)req->value, "guest exited");
         return true;
     case EXIT_SHUTDOWN:
-        end_abnormally(c, VMM_STOP_SHUTDOWN, "guest shut down (triple fault or reset)");
+        vm_end(vm, VMM_STOP_SHUTDOWN, 0, err);
+        return true;
+    case EXIT_RESET:      /* a triple fault may really be lost guest memory */
+        end_abnormally(c, VMM_STOP_RESET, err);
         return true;
     case EXIT_STOP:
         end_abnormally(c, VMM_STOP_SHUTDOWN, err);

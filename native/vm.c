@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include "internal.h"
@@ -356,6 +357,51 @@ int vmm_load_flat(struct vmm *vm, const void *image, unsigned long long len,
                     len, boot->load_gpa);
     else
         r = arch_flat_boot(vm, boot);
+    vm_op_end(vm);
+    return r;
+}
+
+/* A file the host names (kernel, initrd), mapped read-only for the loader. */
+static int map_file(const char *path, const char *what, void **p, size_t *len)
+{
+    *p = NULL;
+    *len = 0;
+    if (!path)
+        return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return vmm_err(errno, "%s %s: %m", what, path);
+    struct stat st;
+    int r = 0;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+        r = vmm_err(EINVAL, "%s %s is not a non-empty regular file", what, path);
+    else if ((*p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
+        *p = NULL;
+        r = vmm_err(errno, "mapping %s %s: %m", what, path);
+    } else
+        *len = (size_t)st.st_size;
+    close(fd);
+    return r;
+}
+
+int vmm_load_linux(struct vmm *vm, const struct vmm_linux_boot *boot)
+{
+    int r = vm_op_begin(vm);
+    if (r)
+        return r;
+    void *kernel = NULL, *initrd = NULL;
+    size_t klen = 0, ilen = 0;
+    if (vm_state_locked(vm) != VMM_STATE_CREATED || vm->has_parent)
+        r = vmm_err(EBUSY, "load a kernel into a new VM, before it starts");
+    else if (!boot || !boot->kernel)
+        r = vmm_err(EINVAL, "no kernel to load");
+    else if (!(r = map_file(boot->kernel, "kernel", &kernel, &klen)) &&
+             !(r = map_file(boot->initrd, "initrd", &initrd, &ilen)))
+        r = arch_load_linux(vm, kernel, klen, initrd, ilen, boot->cmdline ? boot->cmdline : "");
+    if (kernel)
+        munmap(kernel, klen);
+    if (initrd)
+        munmap(initrd, ilen);
     vm_op_end(vm);
     return r;
 }

@@ -71,3 +71,31 @@ def arm64_image() -> pathlib.Path:
     """Debian's arm64 vmlinuz is already the uncompressed Image (with an EFI stub)."""
     deb, abi = kernel_deb("arm64"), pins()["KERNEL_ABI"]
     return cached(f"Image-{abi}-arm64", lambda: extract(deb, f"./boot/vmlinuz-{abi}-arm64"))
+
+
+def busybox_initrd(deb_arch: str, init: str, modules: list[str], tmp: pathlib.Path) -> pathlib.Path:
+    """A gzipped cpio: busybox, /init, and these modules of the pinned kernel's drivers/virtio in
+    /mods (the init loads them); cached by the init's text."""
+    import hashlib
+    deb, abi = kernel_deb(deb_arch), pins()["KERNEL_ABI"]
+    busybox = hosts_dir() / f"busybox-{deb_arch}" / "bin" / "busybox"
+
+    def make() -> bytes:
+        root = tmp / f"initrd-{deb_arch}"
+        for d in ("bin", "proc", "sys", "dev", "mods", "tmp"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        (root / "bin" / "busybox").write_bytes(busybox.read_bytes())
+        (root / "bin" / "busybox").chmod(0o755)
+        (root / "init").write_text(init)
+        (root / "init").chmod(0o755)
+        mods = f"./lib/modules/{abi}-{deb_arch}/kernel/drivers/virtio"
+        if modules:
+            subprocess.run(f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{root}' "
+                           + " ".join(f"'{mods}/{m}.ko'" for m in modules), shell=True, check=True)
+        for m in modules:
+            (root / mods / f"{m}.ko").rename(root / "mods" / f"{m}.ko")
+        r = subprocess.run("find . -path ./lib -prune -o -print | cpio -o -H newc --quiet | gzip -1",
+                           shell=True, cwd=root, capture_output=True, check=True)
+        return r.stdout
+    tag = hashlib.sha256((init + " ".join(modules)).encode()).hexdigest()[:12]
+    return cached(f"initrd-{abi}-{deb_arch}-{tag}.gz", make)

@@ -50,6 +50,7 @@ class StopReason(enum.IntEnum):
     GUEST_EXIT = lib.VMM_STOP_GUEST_EXIT
     SHUTDOWN = lib.VMM_STOP_SHUTDOWN
     ERROR = lib.VMM_STOP_ERROR
+    RESET = lib.VMM_STOP_RESET
 
 
 class DeviceType(enum.IntEnum):
@@ -57,6 +58,7 @@ class DeviceType(enum.IntEnum):
     VIRTIO_VSOCK = lib.VMM_DEV_VIRTIO_VSOCK
     VIRTIO_RNG = lib.VMM_DEV_VIRTIO_RNG
     VIRTIO_NET = lib.VMM_DEV_VIRTIO_NET
+    VMGENID = lib.VMM_DEV_VMGENID
     DEBUG = lib.VMM_DEV_DEBUG        # test builds only
     TESTDEV = lib.VMM_DEV_TESTDEV    # test builds only
 
@@ -240,6 +242,16 @@ class VM:
             "stack_top": stack_top, "stack_size": stack_size})
         with self._use() as h:
             _check(lib.vmm_load_flat(h, image, len(image), boot))
+
+    def load_linux(self, kernel: str | os.PathLike, initrd: str | os.PathLike | None = None,
+                   cmdline: str = "") -> None:
+        """A stock kernel (x86_64: ELF vmlinux; aarch64: Image) into this new VM."""
+        k = ffi.new("char[]", _path(kernel))
+        i = ffi.new("char[]", _path(initrd)) if initrd is not None else ffi.NULL
+        c = ffi.new("char[]", cmdline.encode())
+        boot = ffi.new("struct vmm_linux_boot *", {"kernel": k, "initrd": i, "cmdline": c})
+        with self._use() as h:
+            _check(lib.vmm_load_linux(h, boot))
 
     def start(self) -> None:
         with self._use() as h:

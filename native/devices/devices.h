@@ -4,6 +4,10 @@
 #include "../internal.h"
 
 extern const struct device_ops serial_ops;
+extern const struct device_ops i8042_ops;
+extern const struct device_ops acpi_pm_ops;
+extern const struct device_ops vmgenid_ops;
+extern const struct device_ops pl031_ops;
 extern const struct device_ops virtio_rng_ops;
 extern const struct device_ops virtio_blk_ops;
 extern const struct device_ops virtio_vsock_ops;

@@ -41,8 +41,10 @@ enum vmm_stop_reason {
     VMM_STOP_NONE = 0,
     VMM_STOP_HOST = 1,        /* vmm_stop() / vmm_shutdown() */
     VMM_STOP_GUEST_EXIT = 2,  /* the guest wrote the debug exit port (test builds) */
-    VMM_STOP_SHUTDOWN = 3,    /* triple fault / reset / PSCI off */
-    VMM_STOP_ERROR = 4
+    VMM_STOP_SHUTDOWN = 3,    /* the guest powered off (ACPI S5, PSCI SYSTEM_OFF) */
+    VMM_STOP_ERROR = 4,
+    VMM_STOP_RESET = 5        /* the guest asked for a reset (i8042, PSCI SYSTEM_RESET) or
+                               * triple-faulted: vmmd does not reboot a MicroVM */
 };
 
 /* Devices a VM is configured with, beyond the platform's own (serial, ...). The same list is
@@ -55,6 +57,7 @@ enum vmm_device_type {
     VMM_DEV_VIRTIO_VSOCK = 2,
     VMM_DEV_VIRTIO_RNG = 3,
     VMM_DEV_VIRTIO_NET = 4,
+    VMM_DEV_VMGENID = 5,      /* x86_64: a VM generation id the kernel reseeds from on restore */
     VMM_DEV_DEBUG = 100,      /* test builds: exit/mark/counter port */
     VMM_DEV_TESTDEV = 101     /* test builds: MMIO scratch, counters, doorbell + DMA */
 };
@@ -75,6 +78,14 @@ struct vmm_config {
     int track_dirty;               /* KVM dirty log on, needed for diff snapshots */
     unsigned int ndevices;
     const struct vmm_device_config *devices;
+};
+
+/* A stock Linux kernel: x86_64 an ELF vmlinux (PVH entry, else the 64-bit boot protocol),
+ * aarch64 an Image; the initrd and command line as the kernel takes them. */
+struct vmm_linux_boot {
+    const char *kernel;
+    const char *initrd;            /* NULL: none */
+    const char *cmdline;           /* NULL: empty */
 };
 
 /* Where the flat test-guest loader puts things and how it starts the vCPUs. */
@@ -152,6 +163,9 @@ void vmm_destroy(struct vmm *vm);
 
 int vmm_load_flat(struct vmm *vm, const void *image, unsigned long long len,
                   const struct vmm_flat_boot *boot);
+/* Loads a kernel and describes the machine to it (ACPI on x86_64, a device tree on aarch64):
+ * every vCPU, the RAM, and each device the VM was built with. */
+int vmm_load_linux(struct vmm *vm, const struct vmm_linux_boot *boot);
 
 int vmm_start(struct vmm *vm);
 int vmm_pause(struct vmm *vm);

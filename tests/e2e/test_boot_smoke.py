@@ -8,7 +8,6 @@ vCPU up, found every device where we said, and powered off cleanly.
 The guest console is slow inside the emulated hosts (every byte is a nested MMIO or PIO exit),
 so the kernel boots `quiet` and the init forwards the log lines that matter at a loud level.
 """
-import hashlib
 import pathlib
 import re
 import shlex
@@ -73,29 +72,8 @@ def smoke_binary(arch: str) -> pathlib.Path:
 def smoke_initrd(arch: str, tmp: pathlib.Path) -> pathlib.Path:
     """busybox, the virtio modules of the same kernel, an init that reports and powers off."""
     a = ARCHES[arch]
-    deb, abi = debian_kernels.kernel_deb(a["deb"]), debian_kernels.pins()["KERNEL_ABI"]
-    busybox = debian_kernels.hosts_dir() / f"busybox-{a['deb']}" / "bin" / "busybox"
     init = INIT.replace("@MODULES@", a["modules"]).replace("@INTERESTING@", INTERESTING)
-
-    def make() -> bytes:
-        root = tmp / "initrd"
-        for d in ("bin", "proc", "sys", "dev", "mods"):
-            (root / d).mkdir(parents=True)
-        (root / "bin" / "busybox").write_bytes(busybox.read_bytes())
-        (root / "bin" / "busybox").chmod(0o755)
-        (root / "init").write_text(init)
-        (root / "init").chmod(0o755)
-        mods = f"./lib/modules/{abi}-{a['deb']}/kernel/drivers/virtio"
-        names = a["modules"].split()
-        subprocess.run(f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{root}' "
-                       + " ".join(f"'{mods}/{m}.ko'" for m in names), shell=True, check=True)
-        for m in names:
-            (root / mods / f"{m}.ko").rename(root / "mods" / f"{m}.ko")
-        r = subprocess.run("find . -path ./lib -prune -o -print | cpio -o -H newc --quiet | gzip -1",
-                           shell=True, cwd=root, capture_output=True, check=True)
-        return r.stdout
-    tag = hashlib.sha256(init.encode()).hexdigest()[:12]
-    return debian_kernels.cached(f"smoke-initrd-{abi}-{a['deb']}-{tag}.gz", make)
+    return debian_kernels.busybox_initrd(a["deb"], init, a["modules"].split(), tmp)
 
 
 def boot(testhost, arch: str, tmp_path: pathlib.Path) -> str:

@@ -11,32 +11,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
-#include "../../arch.h"
+#include "arm.h"
 
-#define DRAM_START    0x80000000ULL
-#define GIC_DIST      0x08000000ULL
-#define GIC_DIST_SIZE 0x10000ULL
-#define GIC_REDIST    0x080a0000ULL     /* two 64 KiB frames per vCPU */
-#define GIC_REDIST_SIZE_PER_CPU 0x20000ULL
-#define GIC_NR_IRQS   128               /* 32 private + 96 SPIs */
-#define SERIAL_MMIO   0x40001000ULL
-#define SERIAL_GSI    1                 /* SPI 1 */
-#define DEBUG_MMIO    0x40002000ULL
-#define MMIO_SLOT_BASE 0x40003000ULL    /* one 4 KiB window per configured device */
-#define MMIO_SLOT_SIZE 0x1000ULL
-#define MMIO_SLOT_GSI 16
-#define MMIO_SLOTS    32
-#define PSTATE_EL1H_DAIF 0x3c5ULL      /* EL1 with SP_EL1, D/A/I/F masked */
-
-#define CORE_REG(field) (KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | \
-                         (offsetof(struct kvm_regs, field) / sizeof(uint32_t)))
-
-struct arm_vm {
-    struct kvm_vcpu_init init;     /* the preferred target, PSCI 0.2 */
-    int gic_fd;
-};
-
-static struct arm_vm *arm(struct vmm *vm) { return vm->arch; }
+struct arm_vm *arm(struct vmm *vm) { return vm->arch; }
 
 uint32_t arch_id(void) { return ARCH_AARCH64; }
 
@@ -129,6 +106,15 @@ int arch_device_slot(int type, uint32_t mmio_index, struct arch_slot *out)
     case DEV_SERIAL:
         *out = (struct arch_slot){DEV_BUS_MMIO, SERIAL_MMIO, 0x1000, SERIAL_GSI};
         return 0;
+    case DEV_PL031:
+        *out = (struct arch_slot){DEV_BUS_MMIO, RTC_MMIO, 0x1000, RTC_GSI};
+        return 0;
+    case DEV_I8042:
+    case DEV_ACPI_PM:
+        return vmm_err(ENOTSUP, "no x86 platform device on aarch64");
+    case VMM_DEV_VMGENID:
+        return vmm_err(ENOTSUP, "VMGenID needs ACPI, which aarch64 MicroVMs do not have: the "
+                       "guest agent reseeds the kernel's RNG after a restore instead");
     case VMM_DEV_DEBUG:
         *out = (struct arch_slot){DEV_BUS_MMIO, DEBUG_MMIO, 0x1000, 0};
         return 0;
@@ -144,14 +130,23 @@ int arch_device_slot(int type, uint32_t mmio_index, struct arch_slot *out)
 
 int arch_platform_devices(struct vmm *vm)
 {
-    return devmgr_add(vm, DEV_SERIAL, 0, NULL);
+    int r = devmgr_add(vm, DEV_SERIAL, 0, NULL);
+    return r ? r : devmgr_add(vm, DEV_PL031, 0, NULL);
 }
 
-static int set_reg(int fd, uint64_t id, uint64_t value)
+int arm_set_reg(int fd, uint64_t id, uint64_t value)
 {
     struct kvm_one_reg reg = {.id = id, .addr = (uint64_t)(uintptr_t)&value};
     if (ioctl(fd, KVM_SET_ONE_REG, &reg) < 0)
         return vmm_err(errno, "KVM_SET_ONE_REG 0x%llx: %m", (unsigned long long)id);
+    return 0;
+}
+
+int arm_get_reg(int fd, uint64_t id, uint64_t *value)
+{
+    struct kvm_one_reg reg = {.id = id, .addr = (uint64_t)(uintptr_t)value};
+    if (ioctl(fd, KVM_GET_ONE_REG, &reg) < 0)
+        return vmm_err(errno, "KVM_GET_ONE_REG 0x%llx: %m", (unsigned long long)id);
     return 0;
 }
 
@@ -163,10 +158,10 @@ int arch_flat_boot(struct vmm *vm, const struct vmm_flat_boot *b)
         struct kvm_mp_state mp = {.mp_state = KVM_MP_STATE_RUNNABLE};   /* secondaries too */
         if (ioctl(fd, KVM_SET_MP_STATE, &mp) < 0)
             return vmm_err(errno, "KVM_SET_MP_STATE on vCPU %u: %m", i);
-        if ((r = set_reg(fd, CORE_REG(regs.pc), b->entry)) ||
-            (r = set_reg(fd, CORE_REG(regs.pstate), PSTATE_EL1H_DAIF)) ||
-            (r = set_reg(fd, CORE_REG(sp_el1), b->stack_top - (uint64_t)i * b->stack_size)) ||
-            (r = set_reg(fd, CORE_REG(regs.regs[0]), i)))
+        if ((r = arm_set_reg(fd, CORE_REG(regs.pc), b->entry)) ||
+            (r = arm_set_reg(fd, CORE_REG(regs.pstate), PSTATE_EL1H_DAIF)) ||
+            (r = arm_set_reg(fd, CORE_REG(sp_el1), b->stack_top - (uint64_t)i * b->stack_size)) ||
+            (r = arm_set_reg(fd, CORE_REG(regs.regs[0]), i)))
             return vmm_err_ctx(r, "vCPU %u", i);
     }
     return 0;

@@ -193,7 +193,6 @@ int arch_vcpu_init(struct vmm *vm, struct vcpu *c)
 
 int arch_vcpu_defaults(struct vmm *vm, struct vcpu *c)
 {
-    (void)vm;
     const struct x86_caps *hc = x86_caps();
     if (!hc)
         return -EIO;
@@ -205,6 +204,8 @@ int arch_vcpu_defaults(struct vmm *vm, struct vcpu *c)
     normalize_cpuid(cpuid, c->id);
     int r = ioctl(c->fd, KVM_SET_CPUID2, cpuid) < 0
                 ? vmm_err(errno, "KVM_SET_CPUID2 on vCPU %d: %m", c->id) : 0;
+    if (!r)
+        x86(vm)->cpuid_nent[c->id] = cpuid->nent;
     free(cpuid);
     return r;
 }

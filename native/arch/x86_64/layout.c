@@ -3,18 +3,20 @@
 #include <sys/ioctl.h>
 #include <stdlib.h>
 #include "x86.h"
+#include "../boot.h"
 
-#define MMIO_HOLE_START 0xC0000000ULL   /* 3 GiB: MMIO devices live in [3G, 4G) */
-#define MMIO_HOLE_END   0x100000000ULL
 #define TSS_ADDR        0xfffbd000ULL
 #define IDENTITY_MAP    0xfffbc000ULL
 #define SERIAL_PORT     0x3f8
 #define SERIAL_GSI      4
+#define I8042_PORT      0x60            /* 0x60..0x64; 0x61 is the PIT's, served in KVM */
+#define ACPI_PM_PORT    0x600
 #define DEBUG_PORT      0x500
+#define VMGENID_GSI     23
 #define MMIO_SLOT_BASE  0xd0000000ULL   /* one 4 KiB window per configured device */
 #define MMIO_SLOT_SIZE  0x1000ULL
-#define MMIO_SLOT_GSI   5               /* IOAPIC pins 5..23 */
-#define MMIO_SLOTS      19
+#define MMIO_SLOT_GSI   5               /* IOAPIC pins 5..22 */
+#define MMIO_SLOTS      18
 
 uint32_t arch_id(void) { return ARCH_X86_64; }
 
@@ -72,6 +74,17 @@ int arch_device_slot(int type, uint32_t mmio_index, struct arch_slot *out)
     case DEV_SERIAL:
         *out = (struct arch_slot){DEV_BUS_PIO, SERIAL_PORT, 8, SERIAL_GSI};
         return 0;
+    case DEV_I8042:
+        *out = (struct arch_slot){DEV_BUS_PIO, I8042_PORT, 5, 0};
+        return 0;
+    case DEV_ACPI_PM:
+        *out = (struct arch_slot){DEV_BUS_PIO, ACPI_PM_PORT, 2, 0};
+        return 0;
+    case VMM_DEV_VMGENID:   /* 16 bytes of reserved RAM, on no bus */
+        *out = (struct arch_slot){0, X86_VMGENID_GPA, 16, VMGENID_GSI};
+        return 0;
+    case DEV_PL031:
+        return vmm_err(ENOTSUP, "no PL031 on x86_64");
     case VMM_DEV_DEBUG:
         *out = (struct arch_slot){DEV_BUS_PIO, DEBUG_PORT, 16, 0};
         return 0;
@@ -87,7 +100,10 @@ int arch_device_slot(int type, uint32_t mmio_index, struct arch_slot *out)
 
 int arch_platform_devices(struct vmm *vm)
 {
-    return devmgr_add(vm, DEV_SERIAL, 0, NULL);
+    int r = devmgr_add(vm, DEV_SERIAL, 0, NULL);
+    if (!r)
+        r = devmgr_add(vm, DEV_I8042, 0, NULL);
+    return r ? r : devmgr_add(vm, DEV_ACPI_PM, 0, NULL);
 }
 
 bool arch_vcpus_first(void) { return false; }

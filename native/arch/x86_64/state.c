@@ -105,7 +105,6 @@ void arch_vcpu_state_free(struct arch_vcpu_state *s)
 
 int arch_vcpu_save(struct vmm *vm, struct vcpu *c, struct enc *e)
 {
-    (void)vm;
     const struct x86_caps *hc = x86_caps();
     if (!hc)
         return -EIO;
@@ -141,6 +140,13 @@ int arch_vcpu_save(struct vmm *vm, struct vcpu *c, struct enc *e)
         r = vmm_err_ctx(r, "saving vCPU %d", c->id);
         goto out;
     }
+    uint32_t nent = x86(vm)->cpuid_nent[c->id];
+    if (!nent || nent > s.cpuid->nent) {
+        r = vmm_err(EIO, "vCPU %d: KVM holds %u CPUID entries, this VM set %u", c->id,
+                    s.cpuid->nent, nent);
+        goto out;
+    }
+    s.cpuid->nent = nent;
     int khz = ioctl(fd, KVM_GET_TSC_KHZ, 0);
     enc_map(e, 12);
     enc_kv_uint(e, "v", ARCH_VCPU_STATE_VERSION);
@@ -228,7 +234,7 @@ int arch_vcpu_decode(struct vmm *vm, struct vcpu *c, const struct dec_map *m,
     s->mp.mp_state = (uint32_t)mp;
     s->tsc_khz = (uint32_t)khz;
     uint32_t n;
-    if ((r = get_entries(m, "cpuid", sizeof(struct kvm_cpuid_entry2), X86_MAX_CPUID,
+    if ((r = get_entries(m, "cpuid", sizeof(struct kvm_cpuid_entry2), KVM_MAX_CPUID_ENTRIES,
                          (void **)&s->cpuid, &n, sizeof(struct kvm_cpuid2))))
         goto fail;
     s->cpuid->nent = n;
@@ -276,9 +282,10 @@ static int apply_tsc_khz(int fd, uint32_t want, int id)
 /* Firecracker's order: CPUID first (it shapes what XSAVE and MSRs accept), events last. */
 int arch_vcpu_apply(struct vmm *vm, struct vcpu *c, const struct arch_vcpu_state *s)
 {
-    (void)vm;
     int fd = c->fd, r = 0, n;
     if (ioctl(fd, KVM_SET_CPUID2, s->cpuid) < 0) r = vmm_err(errno, "KVM_SET_CPUID2: %m");
+    else
+        x86(vm)->cpuid_nent[c->id] = s->cpuid->nent;
     if (!r)
         r = apply_tsc_khz(fd, s->tsc_khz, c->id);
     if (r)

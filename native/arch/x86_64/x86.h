@@ -3,13 +3,18 @@
 #define VMM_X86_H
 #include "../../arch.h"
 
-#define X86_MAX_CPUID 4096          /* entries a snapshot may hold: far above any real CPU */
+#define MMIO_HOLE_START 0xC0000000ULL   /* 3 GiB: MMIO devices live in [3G, 4G) */
+#define MMIO_HOLE_END   0x100000000ULL
+#define X86_MAX_CPUID 4096          /* entries a probe may take: far above any real CPU */
+#define KVM_MAX_CPUID_ENTRIES 256   /* what KVM_SET_CPUID2 accepts (not in the uapi headers) */
 #define X86_MAX_MSRS 4096
 #define MSR_IA32_TSC 0x10
 #define MSR_IA32_TSC_DEADLINE 0x6e0
 
 struct x86_vm {
-    int unused;                     /* per-VM arch data: boot structures arrive with Linux boot */
+    /* CPUID entries set on each vCPU: what a snapshot saves. The count KVM_GET_CPUID2 reports
+     * back cannot be relied on (the 6.1 kernel of our emulated hosts left it as given). */
+    uint32_t cpuid_nent[VMM_MAX_VCPUS];
 };
 
 /* What this host's KVM offers; immutable once probed. */

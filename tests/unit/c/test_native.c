@@ -127,8 +127,15 @@ static void test_other_exits(void)
     int un;
     struct bus_req req;
     struct kvm_run *run = new_run();
-    run->exit_reason = KVM_EXIT_SHUTDOWN;
+    run->exit_reason = KVM_EXIT_SHUTDOWN;      /* a triple fault is a reset */
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_RESET);
+    run->exit_reason = KVM_EXIT_SYSTEM_EVENT;
+    run->system_event.type = KVM_SYSTEM_EVENT_SHUTDOWN;
     CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_SHUTDOWN);
+    run->system_event.type = KVM_SYSTEM_EVENT_RESET;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_RESET);
+    run->system_event.type = KVM_SYSTEM_EVENT_CRASH;
+    CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_ERROR);
     run->exit_reason = KVM_EXIT_INTR;
     CHECK(vcpu_handle_exit(run, run_size(), &pio, &mmio, &un, &req, err, sizeof(err)) == EXIT_CONTINUE);
     run->exit_reason = KVM_EXIT_INTERNAL_ERROR;
@@ -286,6 +293,11 @@ static void test_concurrent_writes_keep_every_dirty_bit(void)
 static void test_crc32c_known_value(void)
 {
     CHECK(crc32c(0, "123456789", 9) == 0xE3069283u);   /* the standard check value */
+    static uint8_t buf[4099];                          /* the 8-byte path and a tail */
+    for (int i = 0; i < 4099; i++)
+        buf[i] = (uint8_t)(i % 251);
+    CHECK(crc32c(0, buf, sizeof(buf)) == 0x987a5180u);  /* tests/helpers.py, bit by bit */
+    CHECK(crc32c(crc32c(0, buf, 1000), buf + 1000, 3099) == 0x987a5180u);   /* in pieces */
 }
 
 int main(void)
