@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORK = debian_kernels.CACHE / "boot-test" / "virtio"
 
 MODULES = [  # (directory in the kernel package, module), in load order
-    ("drivers/virtio", "virtio"), ("drivers/virtio", "virtio_ring"),
+    ("drivers/virtio", "virtio_ring"), ("drivers/virtio", "virtio"),
     ("drivers/virtio", "virtio_mmio"), ("drivers/block", "virtio_blk"),
     ("drivers/char/hw_random", "virtio-rng"), ("lib", "crc16"), ("fs", "mbcache"),
     ("fs/jbd2", "jbd2"), ("crypto", "crc32c_generic"), ("fs/ext4", "ext4"),
