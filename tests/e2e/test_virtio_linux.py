@@ -2,6 +2,8 @@
 own drivers) in vmmd's VMM, inside the emulated x86_64 host:
 - a file written in one guest survives snapshot/restore, and appears neither in the base image,
   nor in a second guest restored from the same snapshot, nor in a guest booted from the base;
+- a guest program that takes virtio-rng from its kernel and writes garbage into its queue gets the
+  device marked DEVICE_NEEDS_RESET, a good request works after a reset, the VM runs on;
 - vsock: host- and guest-initiated connections carry data both ways, and after a restore the
   guest's listener accepts again;
 - the kernel takes virtio-rng as its hardware RNG and reads from it."""
@@ -37,7 +39,7 @@ say() { echo "VMMD: $*" > /dev/console; }
 for m in @MODULES@; do insmod /mods/$m.ko || say "insmod $m failed"; done
 mkdir -p /mnt
 mount -t ext4 /dev/vda /mnt && say "mounted" || say "mount failed"
-/bin/vsockecho listen 1024 > /dev/console 2>&1 &
+/bin/virtiotool listen 1024 > /dev/console 2>&1 &
 sleep 1
 say "ready"
 while read -r cmd arg; do
@@ -45,7 +47,8 @@ while read -r cmd arg; do
     write) echo "$arg" > "/mnt/$arg.txt"; sync; say "wrote $arg" ;;
     ls) say "ls: $(ls /mnt | grep txt | tr '\n' ' ')" ;;
     cat) sync; echo 3 > /proc/sys/vm/drop_caches; say "cat $arg: $(cat /mnt/$arg.txt 2>&1)" ;;
-    connect) /bin/vsockecho connect "$arg" hello-from-guest > /dev/console 2>&1 ;;
+    connect) /bin/virtiotool connect "$arg" hello-from-guest > /dev/console 2>&1 ;;
+    garbage) /bin/virtiotool garbage > /dev/console 2>&1; say "garbage status $?" ;;
     rng) say "rng: $(cat /sys/devices/virtual/misc/hw_random/rng_current) \
 $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')" ;;
     off) sync; umount /mnt; poweroff -f ;;
@@ -181,6 +184,11 @@ vm.resume()
 print("SNAPSHOT-FILES " + " ".join(sorted(os.listdir(f"{work}/snap"))), flush=True)
 a.cmd("write after", "wrote after")
 echo(f"{work}/a.sock", 1000)
+# a hostile guest: garbage in virtio-rng's queue; the VMM lives on and so do the other devices
+a.cmd("garbage", "garbage status", timeout=180)
+print(f"AFTER-GARBAGE {vm.state.name}", flush=True)
+a.cmd("cat after", "cat after:")
+echo(f"{work}/a.sock", 1000)
 a.off()
 
 for tag in ("c1", "c2"):
@@ -208,7 +216,7 @@ print(f"BASE {'unchanged' if base_digest() == BASE_BEFORE else 'CHANGED'}", flus
 def initrd() -> pathlib.Path:
     deb, abi = debian_kernels.kernel_deb("amd64"), debian_kernels.pins()["KERNEL_ABI"]
     busybox = debian_kernels.hosts_dir() / "busybox-amd64" / "bin" / "busybox"
-    src = ROOT / "tests" / "guests" / "virtio_vsock_linux.c"
+    src = ROOT / "tests" / "guests" / "virtio_linux.c"
     init = INIT.replace("@MODULES@", " ".join(m for _, m in MODULES))
     tag = hashlib.sha256((init + src.read_text()).encode()).hexdigest()[:12]
     out = WORK / f"initrd-{abi}-{tag}.gz"
@@ -219,7 +227,7 @@ def initrd() -> pathlib.Path:
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "bin" / "busybox").write_bytes(busybox.read_bytes())
     (root / "bin" / "busybox").chmod(0o755)
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(root / "bin" / "vsockecho"), str(src)],
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(root / "bin" / "virtiotool"), str(src)],
                    check=True)
     (root / "init").write_text(init)
     (root / "init").chmod(0o755)
@@ -279,6 +287,11 @@ def test_linux_guest_disk_vsock_and_rng_across_snapshot_and_restore(testhost, tm
         assert f"ECHO {tag}.sock" in out and "BAD" not in out, out
     assert out.count("GUEST-SENT hello-from-guest") == 3, out
     assert out.count("VMMD: vsock reply world") == 3, out
+    # a guest writing garbage into a queue: the device is refused and works again after a reset,
+    # the VM runs on (disk and vsock too)
+    assert "a| VMMD: garbage refused 4 of 4, then a good request served" in out, out
+    assert "a| VMMD: garbage status 0" in out and "AFTER-GARBAGE RUNNING" in out, out
+    assert "a| VMMD: cat after: after" in out, out
     # rng: the kernel's hwrng is ours
     assert "a| VMMD: rng: virtio_rng.0 " in out, out
     for tag in ("a", "c1", "c2", "b"):
