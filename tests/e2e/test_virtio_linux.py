@@ -1,5 +1,5 @@
-"""virtio-blk, virtio-vsock and virtio-rng under a real Linux guest (Debian's amd64 kernel and its
-own drivers) in vmmd's VMM, inside the emulated x86_64 host:
+"""virtio-blk, virtio-vsock and virtio-rng under a real Linux guest (Debian's amd64 and arm64
+kernels and their own drivers) in vmmd's VMM, inside the emulated hosts:
 - a file written in one guest survives snapshot/restore, and appears neither in the base image,
   nor in a second guest restored from the same snapshot, nor in a guest booted from the base;
 - a guest program that takes virtio-rng from its kernel and writes garbage into its queue gets the
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORK = debian_kernels.CACHE / "boot-test" / "virtio"
 
-MODULES = [  # (directory in the kernel package, module), in load order
+MODULES = [  # (directory in the kernel package, module), in load order; those built in are skipped
     ("drivers/virtio", "virtio_ring"), ("drivers/virtio", "virtio"),
     ("drivers/virtio", "virtio_mmio"), ("drivers/block", "virtio_blk"),
     ("drivers/char/hw_random", "virtio-rng"), ("lib", "crc16"), ("fs", "mbcache"),
@@ -61,9 +61,8 @@ RUNNER = r"""
 import hashlib, os, select, socket, sys, time
 os.environ.pop("VMMD_NATIVE", None)
 from vmmd.native import VM, Backend, Device, DeviceType
-kernel, initrd, base, work = sys.argv[1:5]
+kernel, initrd, base, work, arch, CMDLINE = sys.argv[1:7]
 os.makedirs(work, exist_ok=True)
-CMDLINE = "console=ttyS0 quiet panic=-1 reboot=k pci=off"
 
 
 def base_digest():
@@ -75,7 +74,7 @@ BASE_BEFORE = base_digest()
 
 
 def devices(tag):
-    return (Device(DeviceType.VMGENID),
+    return ((Device(DeviceType.VMGENID),) if arch == "x86_64" else ()) + (
             Device(DeviceType.VIRTIO_BLK, path=base, overlay=f"{work}/{tag}.overlay"),
             Device(DeviceType.VIRTIO_VSOCK, path=f"{work}/{tag}.sock", cid=3),
             Device(DeviceType.VIRTIO_RNG))
@@ -213,13 +212,26 @@ print(f"BASE {'unchanged' if base_digest() == BASE_BEFORE else 'CHANGED'}", flus
 """
 
 
-def initrd() -> pathlib.Path:
-    deb, abi = debian_kernels.kernel_deb("amd64"), debian_kernels.pins()["KERNEL_ABI"]
-    busybox = debian_kernels.hosts_dir() / "busybox-amd64" / "bin" / "busybox"
+ARCHES = {
+    "x86_64": dict(deb="amd64", kernel=debian_kernels.vmlinux, cc="gcc",
+                   cmdline="console=ttyS0 quiet panic=-1 reboot=k pci=off"),
+    "aarch64": dict(deb="arm64", kernel=debian_kernels.arm64_image, cc="aarch64-linux-gnu-gcc",
+                    cmdline="console=ttyS0 quiet panic=-1"),
+}
+
+
+def initrd(arch: str) -> pathlib.Path:
+    a = ARCHES[arch]
+    deb, abi = debian_kernels.kernel_deb(a["deb"]), debian_kernels.pins()["KERNEL_ABI"]
+    busybox = debian_kernels.hosts_dir() / f"busybox-{a['deb']}" / "bin" / "busybox"
     src = ROOT / "tests" / "guests" / "virtio_linux.c"
-    init = INIT.replace("@MODULES@", " ".join(m for _, m in MODULES))
+    base = f"./lib/modules/{abi}-{a['deb']}/kernel"
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
+                             check=True).stdout
+    mods = [(d, m) for d, m in MODULES if f"{base}/{d}/{m}.ko\n" in listing]
+    init = INIT.replace("@MODULES@", " ".join(m for _, m in mods))
     tag = hashlib.sha256((init + src.read_text()).encode()).hexdigest()[:12]
-    out = WORK / f"initrd-{abi}-{tag}.gz"
+    out = WORK / f"initrd-{abi}-{a['deb']}-{tag}.gz"
     if out.exists():
         return out
     root = WORK / f"root-{tag}"
@@ -227,15 +239,14 @@ def initrd() -> pathlib.Path:
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "bin" / "busybox").write_bytes(busybox.read_bytes())
     (root / "bin" / "busybox").chmod(0o755)
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(root / "bin" / "virtiotool"), str(src)],
+    subprocess.run([a["cc"], "-static", "-O2", "-o", str(root / "bin" / "virtiotool"), str(src)],
                    check=True)
     (root / "init").write_text(init)
     (root / "init").chmod(0o755)
-    base = f"./lib/modules/{abi}-amd64/kernel"
-    members = " ".join(f"'{base}/{d}/{m}.ko'" for d, m in MODULES)
+    members = " ".join(f"'{base}/{d}/{m}.ko'" for d, m in mods)
     subprocess.run(f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{root}' {members}", shell=True,
                    check=True)
-    for d, m in MODULES:
+    for d, m in mods:
         (root / base / d / f"{m}.ko").rename(root / "mods" / f"{m}.ko")
     r = subprocess.run("find . -path ./lib -prune -o -print | cpio -o -H newc --quiet | gzip -1",
                        shell=True, cwd=root, capture_output=True, check=True)
@@ -258,19 +269,20 @@ def base_image() -> pathlib.Path:
     return out
 
 
-def test_linux_guest_disk_vsock_and_rng_across_snapshot_and_restore(testhost, tmp_path):
+@pytest.mark.parametrize("arch", sorted(ARCHES))
+def test_linux_guest_disk_vsock_and_rng_across_snapshot_and_restore(testhost, tmp_path, arch):
     WORK.mkdir(parents=True, exist_ok=True)
-    kernel, rd, base = debian_kernels.vmlinux(), initrd(), base_image()
+    kernel, rd, base = ARCHES[arch]["kernel"](), initrd(arch), base_image()
     base_digest = hashlib.sha256(base.read_bytes()).hexdigest()
     runner = WORK / "virtio_runner.py"
     runner.write_text(RUNNER)
     guests.cache_dir().mkdir(parents=True, exist_ok=True)
-    host = testhost("x86_64")
+    host = testhost(arch)
     import hosts
-    cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python("x86_64"), runner, kernel, rd, base,
-                                                "/tmp/virtio"))
+    cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python(arch), runner, kernel, rd, base,
+                                                "/tmp/virtio", arch, ARCHES[arch]["cmdline"]))
     r = host.run(f"cd {shlex.quote(str(ROOT))} && {cmd} 2>&1; echo runner_status=$?",
-                 binds=[str(WORK)], timeout=1100)
+                 binds=[str(WORK.parent)], timeout=1100)   # kernels and WORK
     out = r.output
     (tmp_path / "output.txt").write_text(out + "\n--- host console ---\n" + r.console)
     assert "runner_status=0" in out, out[-6000:] + r.console[-3000:]

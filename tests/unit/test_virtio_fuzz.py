@@ -43,6 +43,7 @@ def core(tmp_path_factory):
         return list(pool.map(compile_one, enumerate(SOURCES)))
 
 
+@pytest.mark.timeout(SECONDS + 600)      # building the core with clang counts too
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_fuzz_target_survives_its_budget(core, tmp_path, target):
     binary = tmp_path / f"{target}_fuzz"

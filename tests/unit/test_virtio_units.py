@@ -36,6 +36,7 @@ def core_objects(tmp_path_factory):
     return objs
 
 
+@pytest.mark.timeout(600)                # building the core under ASan counts too
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_virtio_c_units(core_objects, tmp_path, name):
     binary = tmp_path / name
