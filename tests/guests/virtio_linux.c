@@ -128,8 +128,10 @@ static int find_device(unsigned want, char *name, size_t nlen, uint64_t *start)
     }
     if (d)
         closedir(d);
-    if (found)
+    if (found) {
+        printf("VMMD: garbage: no virtio-mmio device with id %u under %s\n", want, drv);
         return -1;
+    }
     FILE *f = fopen("/proc/iomem", "r");
     char line[256];
     while (f && fgets(line, sizeof(line), f)) {
@@ -142,6 +144,14 @@ static int find_device(unsigned want, char *name, size_t nlen, uint64_t *start)
     }
     if (f)
         fclose(f);
+    /* a device-tree device is named "<address>.<node>": the name says where it is */
+    char *end;
+    uint64_t at = strtoull(name, &end, 16);
+    if (end != name && *end == '.') {
+        *start = at;
+        return 0;
+    }
+    printf("VMMD: garbage: %s is not in /proc/iomem\n", name);
     return -1;
 }
 
