@@ -28,6 +28,9 @@ static const struct dev_type types[] = {
     {VMM_DEV_DEBUG, "debug", &debugport_ops},
     {VMM_DEV_TESTDEV, "testdev", &testdev_ops},
 #endif
+    {VMM_DEV_VIRTIO_RNG, "virtio-rng", &virtio_rng_ops},
+    {VMM_DEV_VIRTIO_BLK, "virtio-blk", &virtio_blk_ops},
+    {VMM_DEV_VIRTIO_VSOCK, "virtio-vsock", &virtio_vsock_ops},
 };
 
 static const struct dev_type *find_type(int type)
@@ -126,6 +129,13 @@ void devmgr_resume(struct devmgr *dm)
     for (int i = 0; i < dm->n; i++)
         if (dm->devs[i].ops->resume)
             dm->devs[i].ops->resume(&dm->devs[i]);
+}
+
+void devmgr_snapshot_done(struct devmgr *dm, int result)
+{
+    for (int i = 0; i < dm->n; i++)
+        if (dm->devs[i].ops->snapshot_done)
+            dm->devs[i].ops->snapshot_done(&dm->devs[i], result);
 }
 
 void devmgr_destroy(struct devmgr *dm)

@@ -151,11 +151,20 @@ enum dev_bus { DEV_BUS_PIO = 1, DEV_BUS_MMIO = 2 };
 /* Platform device types, chosen by the arch, not by the caller's configuration. */
 enum dev_platform_type { DEV_SERIAL = 1000, DEV_I8042, DEV_ACPI_PM, DEV_PL031 };
 
+/* The snapshot being written (vmm_snapshot: set around the devices' save and snapshot_done)
+ * or read (vmm_restore: set around their decode), for devices that keep files beside it (a
+ * disk's sealed layer). NULL otherwise (vmm_state_get/set, which have no directory). */
+struct dev_snap {
+    int dfd;                 /* the snapshot's directory */
+    const char *dir;         /* its real path */
+    const char *root;        /* restore: files must lie beneath it (NULL: anywhere) */
+};
 struct dev_env {             /* what a device may use; never the VM itself */
     struct guest_mem *mem;
     struct eventloop *loop;
     int vm_fd;
     struct vm_stats *st;
+    const struct dev_snap *snap;
 };
 struct device {
     const struct device_ops *ops;
@@ -188,6 +197,9 @@ struct device_ops {
     void (*quiesce)(struct device *d);    /* NULL ok: pause, after the event loop */
     void (*resume)(struct device *d);     /* NULL ok */
     void (*destroy)(struct device *d);
+    /* NULL ok: vmm_snapshot ended (result 0: durable; else failed): a device that changed
+     * files in save (env->snap set) commits or undoes that here. */
+    void (*snapshot_done)(struct device *d, int result);
 };
 
 struct devmgr {
@@ -203,6 +215,7 @@ struct device *devmgr_find(struct devmgr *dm, int type, uint32_t id);
 void devmgr_quiesce(struct devmgr *dm);
 void devmgr_resume(struct devmgr *dm);
 void devmgr_destroy(struct devmgr *dm);
+void devmgr_snapshot_done(struct devmgr *dm, int result);
 int devmgr_save_config(struct devmgr *dm, struct enc *e);
 struct boot_desc;
 /* Every device the guest is told about, into the boot description's device list. */

@@ -470,7 +470,14 @@ static int snapshot_locked(struct vmm *vm, const char *dir, bool diff)
     if (diff)
         ms->parent = vm->parent;
     uint32_t crc;
-    if ((r = write_snapshot(vm, dfd, real, diff, diff ? covered : NULL, ms, &crc)))
+    /* devices with files beside the snapshot (a disk's sealed layer) see where it goes, and
+     * learn whether it became durable */
+    struct dev_snap snap = {.dfd = dfd, .dir = real};
+    vm->dm.env.snap = &snap;
+    r = write_snapshot(vm, dfd, real, diff, diff ? covered : NULL, ms, &crc);
+    devmgr_snapshot_done(&vm->dm, r);
+    vm->dm.env.snap = NULL;
+    if (r)
         goto out;
     for (size_t i = 0; i < words; i++)
         atomic_fetch_and(&vm->mem.dirty[i], ~covered[i]);
@@ -696,10 +703,14 @@ static int open_working_set(const char *path)
     return fd;
 }
 
-static int restore_into(struct vmm *vm, const struct parsed *p, const struct vmm_restore_opts *o)
+static int restore_into(struct vmm *vm, const struct parsed *p, const struct vmm_restore_opts *o,
+                        int dfd, const char *real)
 {
     struct decoded_state *ds;
+    struct dev_snap snap = {.dfd = dfd, .dir = real, .root = o->root};
+    vm->dm.env.snap = &snap;
     int r = vmstate_decode(vm, &p->root, &ds);
+    vm->dm.env.snap = NULL;
     if (r)
         return r;
     r = vmstate_apply(vm, ds);
@@ -740,7 +751,7 @@ int vmm_restore(const char *dir, const struct vmm_restore_opts *opts, struct vmm
     cfg.devices = o.devices;
     r = vm_build(&cfg, o.backend, layers, nlayers, &vm);
     nlayers = 0;   /* vm_build owns them, even when it fails */
-    if (r || (r = restore_into(vm, &p, &o)))
+    if (r || (r = restore_into(vm, &p, &o, dfd, real)))
         goto out;
     memcpy(vm->parent.id, ms->id, sizeof(ms->id));
     vm->parent.checksum = parsed_crc(&p);

@@ -8,6 +8,10 @@ extern const struct device_ops i8042_ops;
 extern const struct device_ops acpi_pm_ops;
 extern const struct device_ops vmgenid_ops;
 extern const struct device_ops pl031_ops;
+extern const struct device_ops virtio_rng_ops;
+extern const struct device_ops virtio_blk_ops;
+extern const struct device_ops virtio_vsock_ops;
+void virtio_vsock_poll_host(struct device *d);   /* tests: serve host sockets now */
 #ifdef VMM_TEST_BUILD
 extern const struct device_ops debugport_ops;
 extern const struct device_ops testdev_ops;
