@@ -6,7 +6,7 @@ emulated KVM hosts (docs/guest.md says which flags work and what they cost).
              booting vmlinux through its PVH entry
     aarch64  qemu-system-aarch64 -M virt,gic-version=3 -cpu host (virtio-mmio in the FDT)
 
-Also makes the test root filesystem: busybox on ext4 (`mke2fs -d`), on this machine.
+The test root filesystem is vmmd.images.rootfs.busybox_rootfs.
 """
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ def qemu_command(arch: str, kernel: str, initrd: str, *, cid: int = GUEST_CID, m
 
 
 class QemuGuest:
-    """One guest under QEMU. start(), then wait for the agent with vmmd.agent; stop() kills."""
+    """One guest under QEMU. start(), then wait for the agent with vmmd.agent; stop() kills.
+    save() snapshots (QEMU exits), restore() starts a new QEMU from such a snapshot."""
+    vmm = "qemu"
 
     def __init__(self, arch: str, kernel: str, initrd: str, *, disk: str | None = None,
                  workdir: str | None = None, **kw):
@@ -77,8 +79,23 @@ class QemuGuest:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
 
+    def restore(self, snapshot: str) -> None:
+        """Starts from what save() wrote, on a copy of the disk saved with it."""
+        if self.disk:
+            shutil.copyfile(f"{snapshot}.disk", self.disk)
+        self.start(incoming=f"exec:cat {snapshot}")
+
+    @property
+    def agent(self):
+        from vmmd.agent import Agent
+        return Agent.vsock(self.kw.get("cid", GUEST_CID))
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def memory(self) -> dict[str, int]:
+        """The QEMU process's resident and private memory, bytes (smaps_rollup)."""
+        return smaps_rollup(self.proc.pid)
 
     def stop(self) -> str:
         """Kills QEMU; returns what it printed."""
@@ -140,30 +157,74 @@ class QemuGuest:
             time.sleep(0.1)
         took = time.monotonic() - t0
         self.stop()
+        if self.disk:           # the snapshot's disk: each restore writes a copy of its own
+            shutil.copyfile(self.disk, f"{path}.disk")
         return took
 
 
-def busybox_rootfs(busybox: pathlib.Path, out: pathlib.Path, size_mb: int = 64) -> pathlib.Path:
-    """An ext4 image holding busybox with a link per applet, /etc/passwd and the usual dirs."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = pathlib.Path(tmp)
-        for d in ("bin", "etc", "proc", "sys", "dev", "run", "tmp", "root", "data"):
-            (root / d).mkdir()
-        shutil.copy(busybox, root / "bin" / "busybox")
-        os.chmod(root / "bin" / "busybox", 0o755)
-        # the applet list is the same for the amd64 and arm64 builds of one busybox version
-        amd64 = busybox.parents[2] / "busybox-amd64" / "bin" / "busybox"
-        applets = subprocess.run([str(amd64), "--list"], capture_output=True, text=True,
-                                 check=True).stdout.split()
-        for a in applets:
-            if a != "busybox":
-                os.symlink("busybox", root / "bin" / a)
-        (root / "etc" / "passwd").write_text(
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
-        (root / "etc" / "group").write_text("root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")
-        (root / "data" / "hello.txt").write_text("from the image\n")
-        os.chmod(root / "tmp", 0o1777)
-        out.unlink(missing_ok=True)
-        subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(root), "-L", "vmmd-root",
-                        str(out), f"{size_mb}M"], check=True, capture_output=True)
-    return out
+class VmmdGuest:
+    """The same guest in vmmd's VMM (vmmd.microvm, in this process): the same interface as
+    QemuGuest. The disk is the image as a read-only base plus a copy-on-write layer per VM; a
+    snapshot is a directory holding memory, vmstate and the sealed disk layer."""
+    vmm = "vmmd"
+
+    def __init__(self, arch: str, kernel: str, initrd: str, *, disk: str | None = None,
+                 workdir: str | None = None, cpus: int = 2, mem_mb: int = 256):
+        from vmmd.microvm import LinuxSpec
+        self.arch, self.kernel, self.initrd, self.disk = arch, kernel, initrd, disk
+        self.spec = LinuxSpec(arch, kernel, initrd, disk, vcpus=cpus, mem_mib=mem_mb)
+        self.workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="guest-"))
+        self.mvm = None
+        self.started = 0.0
+
+    def start(self) -> None:
+        from vmmd.microvm import MicroVM
+        self.mvm = MicroVM.boot(self.spec, self.workdir)
+        self.started = self.mvm.started
+
+    def restore(self, snapshot: str) -> None:
+        from vmmd.microvm import MicroVM
+        self.started = time.monotonic()
+        self.mvm = MicroVM.restore(snapshot, self.spec, self.workdir)
+
+    @property
+    def agent(self):
+        return self.mvm.agent
+
+    def alive(self) -> bool:
+        return self.mvm is not None and self.mvm.alive()
+
+    def memory(self) -> dict[str, int]:
+        """This process's resident and private memory (the caller takes a difference)."""
+        return smaps_rollup(os.getpid())
+
+    def stop(self) -> str:
+        if self.mvm is None:
+            return ""
+        info = self.mvm.vm.wait(0) if not self.mvm.alive() else None
+        self.mvm.close()
+        self.mvm = None
+        return f"vmmd VM: {info or 'stopped by the test'}"
+
+    def console_text(self) -> str:
+        p = self.workdir / "console.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def save(self, path: str, timeout: float = 300.0) -> float:
+        """Pauses, snapshots to the directory `path`, ends the VM (as QEMU's save does)."""
+        t0 = time.monotonic()
+        self.mvm.vm.pause()
+        self.mvm.vm.snapshot(path)
+        took = time.monotonic() - t0
+        self.stop()
+        return took
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if v.strip().endswith("kB"):
+                out[k] = int(v.split()[0]) * 1024
+    return {"rss": out["Rss"], "private": out["Private_Clean"] + out["Private_Dirty"]}
