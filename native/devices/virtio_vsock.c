@@ -62,6 +62,7 @@ struct conn {
     uint32_t buf_head, buf_len;
     uint32_t rx_cnt, fwd_cnt, fwd_told;
     bool peer_no_send;                 /* the guest shut down its sending side */
+    bool peer_closed;                  /* ... and its receiving side: RST once buf is flushed */
     /* owed to the guest */
     bool need_request, need_response, need_credit, need_shutdown, need_rst;
 };
@@ -361,10 +362,11 @@ static int guest_packet(struct vsock *s)
         }
         if ((h.flags & (VSOCK_SHUTDOWN_SEND | VSOCK_SHUTDOWN_RCV)) ==
             (VSOCK_SHUTDOWN_SEND | VSOCK_SHUTDOWN_RCV)) {
-            /* a full close: flush what we can, then the RST that completes it */
-            if (c->buf_len)
-                flush_buf(s, c);
-            conn_reset(s, c, true);
+            /* a full close: what we hold of the guest's data still goes to the host (the
+             * guest counts it as sent), then the RST that completes the close */
+            c->peer_closed = true;
+            if (!c->buf_len || !flush_buf(s, c) || !c->buf_len)
+                conn_reset(s, c, true);
         }
         break;
     default:   /* REQUEST on an existing connection */
@@ -481,7 +483,7 @@ static int next_packet(struct vsock *s, struct virtq *q)
     for (int i = 0; i < MAX_CONNS; i++) {
         struct conn *c = &s->conns[i];
         if (c->state != C_OPEN || !c->host_readable || c->host_eof || c->fd < 0 ||
-            !vsock_peer_credit(c->peer_buf_alloc, c->peer_fwd_cnt, c->tx_cnt))
+            c->peer_closed || !vsock_peer_credit(c->peer_buf_alloc, c->peer_fwd_cnt, c->tx_cnt))
             continue;
         int r = host_data(s, q, c);
         if (r)
@@ -501,7 +503,7 @@ static bool owes_packet(struct vsock *s)
         if (c->need_rst || c->need_request || c->need_response || c->need_credit ||
             c->need_shutdown)
             return true;
-        if (c->state == C_OPEN && c->host_readable && !c->host_eof &&
+        if (c->state == C_OPEN && c->host_readable && !c->host_eof && !c->peer_closed &&
             vsock_peer_credit(c->peer_buf_alloc, c->peer_fwd_cnt, c->tx_cnt))
             return true;
     }
@@ -687,6 +689,12 @@ static void on_host(void *ctx, uint32_t events)
             continue;
         if (c->state == C_LINE) {
             host_line(s, c);
+            continue;
+        }
+        if (c->peer_closed) {     /* only our buffer is left: flush it, then close */
+            if (!flush_buf(s, c) || !c->buf_len ||
+                (ev[i].events & (EPOLLHUP | EPOLLERR)))
+                conn_reset(s, c, true);
             continue;
         }
         if ((ev[i].events & EPOLLOUT) && c->buf_len && !flush_buf(s, c)) {

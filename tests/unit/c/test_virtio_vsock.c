@@ -270,6 +270,73 @@ static void test_guest_overrunning_credit_is_reset(void)
     tv_close(&t);
 }
 
+/* The guest writes what its credit allows to a host that is not reading yet, then closes
+ * (SHUTDOWN both ways, as Linux's close() does): every byte still reaches the host, then EOF,
+ * and only then the RST that completes the close. (Seen: an agent's 64 MiB of stdout cut
+ * short when the guest closed while we still held its last bytes.) */
+static void test_guest_close_delivers_what_we_hold_before_the_reset(void)
+{
+    struct tv t;
+    char lpath[300];
+    snprintf(lpath, sizeof(lpath), "%s_88", sock_path);
+    int l = listen_at(lpath);
+    CHECK(vs_open(&t) == 0);
+    post_rx(&t, 8);
+    tv_kick(&t, 0);
+    guest_send(&t, 7000, 88, VSOCK_OP_REQUEST, NULL, 0);
+    int a = accept(l, NULL, NULL);
+    struct vsock_hdr h;
+    CHECK(guest_recv(&t, &h, NULL, 0) == 1 && h.op == VSOCK_OP_RESPONSE);
+    uint32_t buf_alloc = h.buf_alloc, fwd_cnt = h.fwd_cnt, sent = 0;
+    static uint8_t pkt[VSOCK_MAX_PKT];
+    bool reset = false;
+    for (;;) {            /* as much as the credit the device gives us allows */
+        while (guest_recv(&t, &h, NULL, 0) == 1) {
+            if (h.op == VSOCK_OP_RST)
+                reset = true;
+            buf_alloc = h.buf_alloc;
+            fwd_cnt = h.fwd_cnt;
+        }
+        uint32_t credit = buf_alloc - (sent - fwd_cnt);
+        uint32_t n = credit < sizeof(pkt) ? credit : sizeof(pkt);
+        if (n == 0 || sent > (8u << 20))
+            break;
+        for (uint32_t i = 0; i < n; i++)
+            pkt[i] = (uint8_t)((sent + i) % 251);
+        guest_send(&t, 7000, 88, VSOCK_OP_RW, pkt, n);
+        sent += n;
+        post_rx(&t, 1);
+    }
+    CHECK(!reset && sent > buf_alloc);
+    send_pkt(&t, 7000, 88, VSOCK_OP_SHUTDOWN, NULL, 0, 3, 1, CID);
+    uint32_t got = 0;
+    bool intact = true, eof = false;
+    static uint8_t rd[1 << 16];
+    for (int rounds = 0; rounds < 10000 && !eof; rounds++) {
+        ssize_t r = read_wait(a, rd, sizeof(rd));
+        if (r <= 0) {
+            eof = r == 0;
+            if (r < 0)
+                break;
+            continue;
+        }
+        for (ssize_t i = 0; i < r; i++)
+            intact &= rd[i] == (uint8_t)((got + i) % 251);
+        got += (uint32_t)r;
+        virtio_vsock_poll_host(&t.d);      /* the socket has room: the device flushes */
+    }
+    CHECK(eof && got == sent && intact);
+    post_rx(&t, 1);
+    tv_kick(&t, 0);
+    while (guest_recv(&t, &h, NULL, 0) == 1)
+        reset |= h.op == VSOCK_OP_RST;
+    CHECK(reset);
+    CHECK(!tv_broken(&t));
+    close(a);
+    close(l);
+    tv_close(&t);
+}
+
 static void test_malformed_packets_get_resets_not_crashes(void)
 {
     struct tv t;
@@ -384,6 +451,7 @@ int main(int argc, char **argv)
     test_guest_initiated_connection_carries_data_both_ways();
     test_host_initiated_connection_with_connect_line();
     test_guest_overrunning_credit_is_reset();
+    test_guest_close_delivers_what_we_hold_before_the_reset();
     test_malformed_packets_get_resets_not_crashes();
     test_state_load_resets_connections_and_tells_the_guest();
     test_resets_owed_without_rx_buffers_wait_without_spinning();
