@@ -1,6 +1,6 @@
 """Snapshots of aarch64 VMs: every vCPU register, the vGICv3 and the generic timer come back.
 
-Runs on aarch64 machines only: inside the emulated aarch64 host (tests/e2e/test_arm64_snapshot.py)
+Runs on aarch64 machines only: inside the emulated aarch64 host (tests/e2e/test_arm64_snapshots_in_host.py)
 or on a real ARM64 KVM host. Guests there are QEMU TCG code under nested KVM, so counts are small
 and waits long; every wait is for progress, never for a fixed time.
 """
