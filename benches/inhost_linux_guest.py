@@ -112,6 +112,7 @@ async def measure(peer, kernel: str, initrd: str, rootfs: str) -> dict:
                  workdir=f"/tmp/bench-{peer.vmm}-{i}")
         before = smaps_rollup(os.getpid())
         c.restore(snap)
+        out.setdefault("restore_call_s", []).append(round(time.monotonic() - c.started, 3))
         out["restore_to_ready_s"].append(round(await ready(c, 600), 3))
         out["restore_memory_MiB"].append(memory(c, before))
         assert await c.agent.read_bytes("/data/mark") == b"kept\n"

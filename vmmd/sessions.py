@@ -28,7 +28,8 @@ from .cgroups import Cgroups
 from .errors import (Aborted, FailedPrecondition, Internal, InvalidArgument, NotFound,
                      Unavailable)
 from .limits import Admission, Capacity, Config, Spec, check_labels
-from .store import Store, copy_sparse, fsync_dir, remove_tree, write_atomic
+from .store import (Store, copy_sparse, drop_layer, fsync_dir, is_disk_only, remove_tree,
+                    write_atomic)
 from .supervisor import (WorkerError, WorkerLink, Zygote, connect_worker, describe_status,
                          watch_pid)
 
@@ -40,6 +41,7 @@ STATES = (LAUNCHING, RUNNING, PAUSED, SUSPENDING, SUSPENDED, RESUMING, TERMINATE
 WITH_WORKER = {LAUNCHING, RUNNING, PAUSED, SUSPENDING, RESUMING}
 CLOCKED = {RUNNING, PAUSED}          # time that counts toward max_runtime
 SPAWN_TIMEOUT = 60.0
+AGENT_SYNC_TIMEOUT = 30.0         # restore -> agent answering, in the emulated hosts ~1 s
 
 
 @dataclass
@@ -274,7 +276,11 @@ class Manager:
             hasher = hashlib.sha256()
             size = 0
             loop = asyncio.get_running_loop()
-            for f in ("vmstate", "memory"):
+            # a Linux MicroVM's snapshot also holds the disk layer it sealed (docs/virtio.md)
+            layers = sorted(f for f in os.listdir(snap) if f.endswith(".disk")
+                            and os.path.isfile(os.path.join(snap, f))
+                            and not os.path.islink(os.path.join(snap, f)))
+            for f in ("vmstate", "memory", *layers):
                 hasher.update(f.encode() + b"\0")
                 size += await loop.run_in_executor(None, copy_sparse, os.path.join(snap, f),
                                                    os.path.join(tmp, "snapshot", f), hasher)
@@ -308,6 +314,13 @@ class Manager:
                 raise FailedPrecondition(f"MicroVM {vm_id} is {s.state}; an image is taken from "
                                          "a RUNNING or PAUSED MicroVM (Resume it first)")
             base = self.get_image(s.image_id)
+            if base["meta"].get("devices", {}).get("linux"):
+                # its disk is a chain of layers in this MicroVM's directory and its image's:
+                # an image must not depend on a MicroVM that can be terminated
+                raise FailedPrecondition(
+                    f"MicroVM {vm_id} has a disk whose layers live with the MicroVM; images "
+                    "from Linux MicroVMs are not supported yet: snapshot the guest with "
+                    "vmmd.microvm and register that directory")
             tmp = self._new_image_tmp()
             try:
                 was_running = s.state == RUNNING
@@ -416,6 +429,8 @@ class Manager:
                 "backend": self.cfg.restore_backend,
                 "working_set": ws if (img["meta"].get("working_set") and not s.chain) else "",
                 "devices": img["meta"].get("devices", {}), "seccomp": self.cfg.seccomp,
+                "rootfs": (os.path.join(self.store.image_dir(s.image_id), "rootfs")
+                           if img["meta"].get("rootfs") else ""),
                 "cgroup_procs": procs, "rlimit_nofile": self.cfg.worker_rlimit_nofile,
                 "rlimit_nproc": self.cfg.worker_rlimit_nproc, "fault": self.cfg.worker_fault,
                 "root": self.store.dir, "spawned_at": time.time()}
@@ -547,6 +562,7 @@ class Manager:
                     raise Internal(f"{reason}; the image's snapshot may not restore on this host "
                                    "(see the MicroVM's worker.log)") from None
                 self._set_state(s, RUNNING, "launched")
+                await self._sync_agent(s)
                 await self._hook(s, "run")
         finally:
             s.launched.set()
@@ -618,7 +634,7 @@ class Manager:
         await self._stop_worker(s)
         if not diff:
             for x in old:
-                remove_tree(os.path.join(layers, x))
+                drop_layer(os.path.join(layers, x))
         return s
 
     async def resume(self, vm_id: str, reason: str = "resumed by request") -> Session:
@@ -650,6 +666,7 @@ class Manager:
             self._set_state(s, SUSPENDED, f"resume failed: {e}")
             raise Internal(f"resume of {s.id} failed: {e}; it stays SUSPENDED") from None
         self._set_state(s, RUNNING, reason)
+        await self._sync_agent(s)
         await self._hook(s, "resume")
         return s
 
@@ -722,6 +739,25 @@ class Manager:
                 self._event(s, "HOOK", s.state, s.state, f"{event} hook ran")
             except Exception as e:  # a hook never blocks the lifecycle; the event says why
                 self._event(s, "HOOK", s.state, s.state, f"{event} hook failed: {e}")
+
+    async def _sync_agent(self, s: Session) -> None:
+        """A restored guest's clock is the snapshot's and its entropy pool a copy: the agent
+        sets the clock, reseeds and bumps the generation (docs/guest.md) before the MicroVM is
+        handed back. A failure does not fail the launch; the event says so."""
+        img = self.images.get(s.image_id)
+        agent = (img or {}).get("meta", {}).get("agent", {})
+        if not agent.get("present"):
+            return
+        from .api import agent_bridge
+        try:
+            client = await agent_bridge.connect(self.agent_socket(s), agent,
+                                                timeout=AGENT_SYNC_TIMEOUT)
+            r = await asyncio.wait_for(client.sync_after_restore(), AGENT_SYNC_TIMEOUT)
+            log.info("agent synced", extra={"vm": s.id, "generation": r.get("generation")})
+        except Exception as e:  # noqa: BLE001 - reported, the MicroVM runs on
+            self._event(s, "WARNING", s.state, s.state,
+                        f"the guest agent did not sync after restore ({e}): the guest clock "
+                        "may lag and its random state is the snapshot's")
 
     def agent_socket(self, s: Session) -> str:
         return os.path.join(self.store.vm_dir(s.id), "vsock.sock")
@@ -912,7 +948,7 @@ class Manager:
         if not os.path.isdir(layers):
             return
         for x in os.listdir(layers):
-            if x not in s.chain:
+            if x not in s.chain and not is_disk_only(os.path.join(layers, x)):
                 remove_tree(os.path.join(layers, x))
 
     # ------------------------------------------------------------------ host

@@ -208,3 +208,37 @@ class Store:
             q = self.db.execute("SELECT * FROM events WHERE seq > ? ORDER BY seq", (seq,))
         for r in q:
             yield dict(r)
+
+
+def drop_layer(path: str) -> None:
+    """Removes a snapshot layer a full snapshot made unnecessary, except the disk layers it
+    holds (`*.disk`): a disk's chain does not restart at a full snapshot (docs/virtio.md), so
+    they stay, in the directory marked "disk-only"."""
+    disks = [f for f in os.listdir(path) if f.endswith(".disk")] if os.path.isdir(path) else []
+    if not disks:
+        remove_tree(path)
+        return
+    from .native import VmmError, snapshot_release
+    if os.path.exists(os.path.join(path, "memory")):
+        try:
+            snapshot_release(path)          # memory files are immutable while mappable
+        except (VmmError, OSError):
+            pass
+    write_atomic(os.path.join(path, "kind"), b"disk-only")
+    for f in os.listdir(path):
+        p = os.path.join(path, f)
+        if f in disks or f == "kind":
+            continue
+        if os.path.isdir(p) and not os.path.islink(p):
+            remove_tree(p)
+        else:
+            os.unlink(p)
+    fsync_dir(path)
+
+
+def is_disk_only(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "kind"), "rb") as f:
+            return f.read() == b"disk-only"
+    except OSError:
+        return False

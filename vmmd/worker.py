@@ -25,6 +25,7 @@ import collections
 import ctypes
 import errno
 import os
+import pathlib
 import resource
 import select
 import signal
@@ -57,17 +58,38 @@ def inspect_snapshot(directory: str) -> dict:
             "pages": info.pages, "depth": info.depth}
 
 
-def devices_of(config: dict | None) -> tuple:
-    """The native device list an image's device configuration stands for."""
-    if (config or {}).get("debug"):
+def devices_of(config: dict | None, vm_dir: str = "", rootfs: str = "") -> tuple:
+    """The native device list an image's device configuration stands for. A Linux MicroVM's
+    files live in its directory: the disk's writable layer (disk.overlay) and the vsock
+    socket (vsock.sock) that the daemon reaches the agent through."""
+    config = config or {}
+    if config.get("debug"):
         return (native.Device(native.DeviceType.DEBUG), native.Device(native.DeviceType.TESTDEV))
+    if config.get("linux"):
+        from .microvm import LinuxSpec, MicroVM
+        spec = LinuxSpec(os.uname().machine, "", "", rootfs or None)
+        return MicroVM.devices(spec, pathlib.Path(vm_dir))
     return ()
 
 
 def _restore(conf: dict) -> native.VM:
     """Restores the VM at the top of the chain, with the image's devices passed explicitly."""
     backend = {"mmap": native.Backend.MMAP, "uffd": native.Backend.UFFD}[conf["backend"]]
-    kw = {"track_dirty": True, "devices": devices_of(conf.get("devices"))}
+    if (conf.get("devices") or {}).get("linux"):
+        # a previous worker's socket, and its writable layer: empty after a suspend (the
+        # snapshot sealed what it held); after a crash it holds writes no snapshot has, which
+        # the restored memory does not know about: kept aside, never mixed in
+        sock = os.path.join(conf["vm_dir"], "vsock.sock")
+        if os.path.exists(sock):
+            os.unlink(sock)
+        overlay = os.path.join(conf["vm_dir"], "disk.overlay")
+        if os.path.exists(overlay):
+            if os.path.getsize(overlay) == 0:
+                os.unlink(overlay)
+            else:
+                os.rename(overlay, f"{overlay}.orphaned-{int(time.time())}")
+    kw = {"track_dirty": True,
+          "devices": devices_of(conf.get("devices"), conf.get("vm_dir", ""), conf.get("rootfs"))}
     if conf.get("working_set") and backend == native.Backend.UFFD:
         kw["working_set"] = conf["working_set"]
     if conf.get("root"):

@@ -619,3 +619,19 @@ def test_exec_is_killed_when_the_host_goes_while_stdin_waits(agent):
     while pathlib.Path(f"/proc/{pid}").exists() and state(pid) != "Z":
         assert time.monotonic() < deadline, "the process outlived its connection"
         time.sleep(0.02)
+
+
+def test_agent_errors_reach_grpc_callers_as_statuses(tmp_path):
+    """What the daemon's data plane returns when the agent says no, or is not there."""
+    from vmmd.agent import AgentError, ProtocolError
+    from vmmd.api import agent_bridge
+    from vmmd.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+    assert isinstance(agent_bridge.mapped(AgentError("no such file", 2, "ENOENT")), NotFound)
+    assert isinstance(agent_bridge.mapped(AgentError("bad", 22, "EINVAL")), InvalidArgument)
+    assert isinstance(agent_bridge.mapped(AgentError("busy", 16, "EBUSY")), FailedPrecondition)
+    assert isinstance(agent_bridge.mapped(ProtocolError("gone")), Unavailable)
+
+    async def nobody():
+        return await agent_bridge.connect(str(tmp_path / "vsock.sock"), {}, timeout=0.2)
+    with pytest.raises(Unavailable, match="unreachable"):
+        run(nobody())

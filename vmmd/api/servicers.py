@@ -48,7 +48,8 @@ class ImageService:
             src = req.snapshot
             d = {"snapshot_dir": src.snapshot_dir, "kernel": src.kernel, "initrd": src.initrd,
                  "rootfs": src.rootfs, "working_set": src.working_set,
-                 "devices": {"debug": src.devices.debug} if src.devices.debug else {},
+                 "devices": {k: True for k in ("debug", "linux")
+                             if getattr(src.devices, k)},
                  "agent": cv.agent_dict(src.agent) if src.agent.present else {}}
             img = await self.m.register_image_from_dir(req.name, d, dict(req.labels))
         elif which == "microvm":
@@ -158,9 +159,10 @@ class MicroVMService:
                                   f"{MAX_ARGV_BYTES} bytes")
         s, client = await self._agent(st.microvm_id)
         env = dict(s.spec.get("env", {}), **dict(st.env))
-        proc = await client.exec(list(st.argv), env=env, cwd=st.cwd or None,
-                                 user=st.user or None, tty=st.tty,
-                                 rows=st.size.rows, cols=st.size.cols)
+        async with agent_bridge.errors_mapped():
+            proc = await client.exec(list(st.argv), env=env, cwd=st.cwd or None,
+                                     user=st.user or None, tty=st.tty,
+                                     rows=st.size.rows, cols=st.size.cols)
 
         async def pump_in():
             async for m in req_iter:
@@ -176,17 +178,19 @@ class MicroVMService:
                     await proc.signal(m.signal)
         pump = asyncio.get_running_loop().create_task(pump_in())
         try:
-            async for kind, data in proc.output():
-                if kind == "stdout":
-                    yield microvms_pb2.ExecResponse(stdout=data)
-                elif kind == "stderr":
-                    yield microvms_pb2.ExecResponse(stderr=data)
-                elif kind == "exit":
-                    yield microvms_pb2.ExecResponse(exit=microvms_pb2.ExitStatus(
-                        code=data[0], signal=data[1]))
-                    break
+            async with agent_bridge.errors_mapped():
+                async for kind, data in proc.output():
+                    if kind == "stdout":
+                        yield microvms_pb2.ExecResponse(stdout=data)
+                    elif kind == "stderr":
+                        yield microvms_pb2.ExecResponse(stderr=data)
+                    elif kind == "exit":
+                        yield microvms_pb2.ExecResponse(exit=microvms_pb2.ExitStatus(
+                            code=data[0], signal=data[1]))
+                        break
         finally:
             pump.cancel()
+            await proc.proc.kill()     # a caller that went away: its process goes too
             await client.close()
 
     async def ReadFile(self, req, ctx):
@@ -194,9 +198,10 @@ class MicroVMService:
         s, client = await self._agent(req.microvm_id)
         offset = req.offset
         try:
-            async for chunk in client.read_file(path, offset=req.offset, length=req.length):
-                yield microvms_pb2.FileChunk(data=chunk, offset=offset)
-                offset += len(chunk)
+            async with agent_bridge.errors_mapped():
+                async for chunk in client.read_file(path, offset=req.offset, length=req.length):
+                    yield microvms_pb2.FileChunk(data=chunk, offset=offset)
+                    offset += len(chunk)
         finally:
             await client.close()
 
@@ -214,8 +219,9 @@ class MicroVMService:
                     raise InvalidArgument("after start, WriteFileRequest carries only data")
                 yield m.data
         try:
-            n = await client.write_file(path, chunks(), mode=st.mode or 0o644, append=st.append,
-                                        make_parents=st.make_parents)
+            async with agent_bridge.errors_mapped():
+                n = await client.write_file(path, chunks(), mode=st.mode or 0o644, append=st.append,
+                                            make_parents=st.make_parents)
         finally:
             await client.close()
         return microvms_pb2.WriteFileResponse(bytes_written=n)
@@ -227,7 +233,8 @@ class MicroVMService:
         if not 0 < first.start.port < 65536:
             raise InvalidArgument(f"port {first.start.port}: use 1..65535")
         s, client = await self._agent(first.start.microvm_id)
-        reader, writer = await client.port_forward(first.start.port)
+        async with agent_bridge.errors_mapped():
+            reader, writer = await client.port_forward(first.start.port)
 
         async def pump_in():
             async for m in req_iter:

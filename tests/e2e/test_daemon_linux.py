@@ -1,0 +1,47 @@
+"""The daemon end to end with Linux MicroVMs, inside the emulated x86_64 KVM host: `vmmd serve`
+with real workers (one process each, seccomp enforcing) registers an image from a Linux
+MicroVM's snapshot (cloud kernel, vmmd's initramfs and agent, ext4 root on virtio-blk), launches
+MicroVMs from it and runs code in them through the agent over vsock; a suspended MicroVM is
+woken by the next Exec with its files and a synced clock; a second MicroVM of the same image
+does not see the first one's files (tests/e2e/inhost_daemon_linux.py does the driving)."""
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from vmmd.images import initramfs, paths
+from vmmd.images.rootfs import busybox_rootfs
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+def test_daemon_runs_linux_microvms_through_the_agent_and_suspends_them(testhost, tmp_path):
+    import hosts
+    kernel, initrd = paths.guest_kernel("x86_64").image, initramfs.build("x86_64")
+    disk = busybox_rootfs(paths.busybox("x86_64"), tmp_path / "root.ext4", size_mb=128)
+    script = hosts.ROOT / "tests" / "e2e" / "inhost_daemon_linux.py"
+    cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python("x86_64"), script, kernel, initrd,
+                                                disk))
+    host = testhost("x86_64")
+    r = host.run(f"cd {shlex.quote(str(hosts.ROOT))} && {cmd} 2>&1; echo runner_status=$?",
+                 env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": ""},
+                 binds=[str(kernel.parent), str(initrd.parent), str(tmp_path)], timeout=800)
+    out = r.output
+    (tmp_path / "output.txt").write_text(out + "\n--- host console ---\n" + r.console)
+    for m in re.findall(r"^TIME (.*)$", out, re.M):
+        host.note(f"daemon + Linux MicroVM: {m}")
+    checks = dict(re.findall(r"^CHECK (\S+) (.*)$", out, re.M))
+    assert checks.get("done") == "True", out[-6000:] + r.console[-2000:]
+    assert checks["launch_state"] == "MICROVM_STATE_RUNNING"
+    assert checks["uname"] == "x86_64"
+    assert checks["cat_stdin"] == "through_stdin" and checks["exit_code"] == "7"
+    assert checks["from_image"] == "baked_in"
+    assert checks["file_round_trip"] == "True"
+    assert checks["suspended_state"] == "MICROVM_STATE_SUSPENDED"
+    assert checks["file_after_resume"] == "True" and checks["clock_skew_ok"] == "True"
+    assert checks["state_after_exec"] == "MICROVM_STATE_RUNNING"
+    assert checks["b_sees_a_file"] == "NOT_FOUND"
+    assert checks["uuids_differ"] == "True"
+    assert "runner_status=0" in out
