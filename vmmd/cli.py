@@ -211,6 +211,10 @@ def images_register(
         debug_devices: bool = typer.Option(False, "--debug-devices",
                                            help="test guests: debug exit/mark ports"),
         agent: bool = typer.Option(False, "--agent", help="the image runs the guest agent"),
+        linux: bool = typer.Option(False, "--linux", help="a Linux MicroVM's snapshot "
+                                   "(vmmd.microvm): virtio blk/vsock/rng devices"),
+        rootfs: str = typer.Option("", "--rootfs", help="its root disk's base image (ext4)"),
+        kernel: str = typer.Option("", "--kernel"), initrd: str = typer.Option("", "--initrd"),
         label: list[str] = typer.Option(None, "--label", "-l")):
     """Register an image from a snapshot directory or a running MicroVM."""
     import os
@@ -223,7 +227,11 @@ def images_register(
     elif snapshot_dir:
         req.snapshot.snapshot_dir = os.path.abspath(snapshot_dir)
         req.snapshot.devices.debug = debug_devices
+        req.snapshot.devices.linux = linux
         req.snapshot.agent.present = agent
+        for key, path in (("rootfs", rootfs), ("kernel", kernel), ("initrd", initrd)):
+            if path:
+                setattr(req.snapshot, key, os.path.abspath(path))
     else:
         raise typer.BadParameter("give a snapshot directory or --from-vm")
     _emit([_run("registering", lambda: imgs.RegisterImage(req))], IMG_COLS)

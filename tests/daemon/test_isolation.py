@@ -1,6 +1,7 @@
 """Each worker is a separate, confined process: its failures end only its own MicroVM."""
 import os
 import signal
+import time
 
 import pytest
 
@@ -41,7 +42,11 @@ def test_killed_worker_takes_down_only_its_microvm(daemon, counter_image):
     assert [e.reason for e in evs if e.type == tpb.EVENT_TYPE_WORKER_DIED] == [got.reason]
     assert daemon.get(b.id).state == S.MICROVM_STATE_RUNNING
     assert daemon.vms.Ping(mpb.PingRequest(microvm_id=b.id)).microvm.worker_pid == b.worker_pid
-    assert not os.path.exists(os.path.join(daemon.state_dir, "vms", a.id))
+    # TERMINATED is made durable first, the files go right after it
+    deadline = time.monotonic() + 10
+    while os.path.exists(os.path.join(daemon.state_dir, "vms", a.id)):
+        assert time.monotonic() < deadline, "the killed MicroVM's files are still there"
+        time.sleep(0.05)
 
 
 def test_guest_over_its_memory_limit_takes_down_only_its_microvm(daemon_factory, snapshots):
