@@ -112,7 +112,9 @@ build_initramfs aarch64 arm64 "$bb_arm64/bin/busybox" virtio_pci virtio_mmio 9pn
 for pair in x86_64:amd64 aarch64:arm64; do
     arch=${pair%%:*} debarch=${pair#*:}
     deb=$(ls "$out/debs/linux-image-$KERNEL_ABI-cloud-${debarch}_"*.deb)
-    want=$( (cat "$here/guest_kernel.py"; echo "$deb") | sha256sum | cut -c1-16)
+    # the package's name, not its path: one host tree reached by two paths (a symlinked cache)
+    # must not unpack again and again
+    want=$( (cat "$here/guest_kernel.py"; basename "$deb") | sha256sum | cut -c1-16)
     [ "$(cat "$out/guest-$arch/.built" 2>/dev/null)" = "$want" ] && continue
     log "unpacking the $arch guest kernel"
     python3 "$here/guest_kernel.py" "$arch" "$deb" "$out/guest-$arch" >/dev/null

@@ -44,7 +44,7 @@ def linux_in_host() -> int:
     kernel, initrd = paths.guest_kernel("x86_64").image, initramfs.build("x86_64")
     work = pathlib.Path(tempfile.mkdtemp(prefix="vmmd-demo-linux-", dir=paths.cache_root()))
     try:
-        disk = busybox_rootfs(paths.busybox("x86_64"), work / "root.ext4", size_mb=128)
+        disk = busybox_rootfs(paths.busybox("x86_64"), work / "root.ext4", size_mb=64)
         repo = pathlib.Path(__file__).resolve().parents[1]
         cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python("x86_64"),
                        repo / "scripts" / "demo_linux.py", kernel, initrd, disk))

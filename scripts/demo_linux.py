@@ -3,24 +3,27 @@ starts it there), the way an operator would use vmmd:
 
 1. build an image: boot a Linux MicroVM (Debian's cloud kernel, vmmd's initramfs and agent, an
    ext4 root) with vmmd.microvm, let it settle, snapshot it;
-2. start `vmmd serve`, register the snapshot with `vmmctl images register --linux`;
-3. `vmmctl launch` two MicroVMs from it, `vmmctl exec` real work in them, `vmmctl suspend`
-   one, `vmmctl exec` again (which wakes it: its files are still there), terminate.
-Prints each command, what it printed, and how long it took.
+2. start `vmmd serve` and talk to it over gRPC as a scheduler does (vmmd.client): register the
+   snapshot as an image, launch two MicroVMs from it, exec real work in them, suspend one and
+   exec again (which wakes it: its files are still there), list them with `vmmctl ls`.
+Prints each call, what it returned, and how long it took. (vmmctl does the same from a shell;
+inside the emulated host its Python start-up alone takes seconds, so the calls are timed here.)
 
 Argv: kernel initrd rootfs.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 
+from vmmd.client import Client
 from vmmd.microvm import LinuxSpec, MicroVM
+from vmmd.v1 import images_pb2 as ipb
+from vmmd.v1 import microvms_pb2 as mpb
 
 WORK = "/tmp/vmmd-demo"
 SOCK = f"{WORK}/vmmd.sock"
@@ -31,7 +34,7 @@ WORKLOAD = ("n=0; for f in /bin/*; do n=$((n+1)); done; "
 
 async def build_image(kernel: str, initrd: str, rootfs: str) -> None:
     t0 = time.monotonic()
-    vm = MicroVM.boot(LinuxSpec("x86_64", kernel, initrd, rootfs), f"{WORK}/build")
+    vm = MicroVM.boot(LinuxSpec("x86_64", kernel, initrd, rootfs, mem_mib=128), f"{WORK}/build")
     try:
         await vm.wait_ready(300)
         boot = time.monotonic() - t0
@@ -43,19 +46,12 @@ async def build_image(kernel: str, initrd: str, rootfs: str) -> None:
         vm.close()
 
 
-def vmmctl(*args: str, show: bool = True) -> str:
-    cmd = [sys.executable, "-m", "vmmd.cli", "--socket", SOCK, *args]
-    t0 = time.monotonic()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    took = (time.monotonic() - t0) * 1000
-    if show:
-        print(f"$ vmmctl {' '.join(a if ' ' not in a else repr(a) for a in args)}   "
-              f"[{took:.0f} ms]")
-        for line in (r.stdout + r.stderr).rstrip().splitlines():
-            print(f"    {line}")
-    if r.returncode:
-        raise SystemExit(f"vmmctl {args[0]} failed ({r.returncode}): {r.stderr}")
-    return r.stdout
+def step(what: str, t0: float, lines: str | bytes = "") -> None:
+    print(f"  {what:52} {(time.monotonic() - t0) * 1000:8.0f} ms")
+    if isinstance(lines, bytes):
+        lines = lines.decode(errors="replace")
+    for line in lines.rstrip().splitlines():
+        print(f"      | {line}")
 
 
 def main() -> None:
@@ -78,29 +74,37 @@ def main() -> None:
             time.sleep(0.1)
         print(f"vmmd serve: pid {daemon.pid}, {SOCK}")
         t0 = time.monotonic()
-        img = json.loads(vmmctl("--json", "images", "register", f"{WORK}/image", "--linux",
-                                "--agent", "--rootfs", rootfs, "--kernel", kernel,
-                                "--initrd", initrd, "--name", "busybox-demo", show=False))[0]
-        print(f"$ vmmctl images register {WORK}/image --linux --agent --rootfs ...   "
-              f"[{(time.monotonic() - t0) * 1000:.0f} ms: copies memory and disk into the "
-              f"store]\n    {img['id']}")
+        c = Client(SOCK)
+        t0 = time.monotonic()
+        img = c.images.RegisterImage(ipb.RegisterImageRequest(
+            name="busybox-demo", snapshot=ipb.SnapshotSource(
+                snapshot_dir=f"{WORK}/image", kernel=kernel, initrd=initrd, rootfs=rootfs,
+                devices=ipb.DeviceConfig(linux=True), agent=ipb.GuestAgent(present=True))))
+        step(f"RegisterImage -> {img.id[:16]}..", t0, "(copies memory and disk into the store)")
         vms = []
         for who in ("a", "b"):
             t0 = time.monotonic()
-            vm = json.loads(vmmctl("--json", "launch", img["id"], "-l", f"who={who}",
-                                   show=False))[0]
-            print(f"$ vmmctl launch {img['id']} -l who={who}   "
-                  f"[{(time.monotonic() - t0) * 1000:.0f} ms: restore + agent sync]\n"
-                  f"    {vm['id']} {vm['state']}")
-            vms.append(vm["id"])
-        vmmctl("exec", vms[0], "--no-tty", "sh", "-c", WORKLOAD)
-        vmmctl("exec", vms[1], "--no-tty", "cat", "/proc/sys/kernel/random/uuid")
-        vmmctl("exec", vms[0], "--no-tty", "cat", "/proc/sys/kernel/random/uuid")
-        vmmctl("suspend", vms[0])
-        vmmctl("exec", vms[0], "--no-tty", "cat", "/data/answer")      # wakes it
-        vmmctl("ls")
+            vm = c.vms.Launch(mpb.LaunchRequest(image_id=img.id, labels={"who": who}))
+            step(f"Launch {who} -> {vm.id}", t0)
+            vms.append(vm.id)
+        t0 = time.monotonic()
+        r = c.exec(vms[0], ["sh", "-c", WORKLOAD])
+        step(f"Exec in {vms[0]}: a shell script", t0, r.stdout + r.stderr)
         for vm in vms:
-            vmmctl("terminate", vm, show=False)
+            t0 = time.monotonic()
+            r = c.exec(vm, ["cat", "/proc/sys/kernel/random/uuid"])
+            step(f"Exec in {vm}: a fresh uuid", t0, r.stdout)
+        t0 = time.monotonic()
+        c.vms.Suspend(mpb.SuspendRequest(microvm_id=vms[0]))
+        step(f"Suspend {vms[0]} (to disk, worker ends)", t0)
+        t0 = time.monotonic()
+        r = c.exec(vms[0], ["cat", "/data/answer"])
+        step(f"Exec in {vms[0]}: wakes it, reads its file", t0, r.stdout)
+        out = subprocess.run([os.path.join(sys.prefix, "bin", "vmmctl"), "--socket", SOCK, "ls"],
+                             capture_output=True, text=True)
+        print("  $ vmmctl ls\n" + "\n".join(f"      {ln}" for ln in out.stdout.splitlines()))
+        for vm in vms:
+            c.vms.Terminate(mpb.TerminateRequest(microvm_id=vm))
     finally:
         daemon.terminate()
         daemon.wait(30)

@@ -15,12 +15,15 @@ import time
 
 import grpc
 
+from vmmd.client import Client
 from vmmd.microvm import LinuxSpec, MicroVM
-from vmmd.v1 import images_pb2 as ipb, images_pb2_grpc
-from vmmd.v1 import microvms_pb2 as mpb, microvms_pb2_grpc
+from vmmd.v1 import images_pb2 as ipb
+from vmmd.v1 import microvms_pb2 as mpb
 from vmmd.v1 import types_pb2 as tpb
 
 WORK = "/tmp/daemon-linux"
+IDLE_S = 5           # the daemon's min_idle_s is lowered to allow it
+RUNTIME_S = 30
 SOCK = f"{WORK}/vmmd.sock"
 
 
@@ -53,7 +56,7 @@ def start_daemon() -> subprocess.Popen:
     cfg = f"{WORK}/vmmd.toml"
     with open(cfg, "w") as f:
         f.write(f'socket = "{SOCK}"\nseccomp = "enforce"\nreserved_memory_mib = 256\n'
-                'log_level = "info"\n')
+                'log_level = "info"\nmin_idle_s = 2\n')
     log = open(f"{WORK}/vmmd.log", "ab")
     p = subprocess.Popen([sys.executable, "-m", "vmmd.cli", "serve", "--state-dir",
                           f"{WORK}/state", "--config", cfg], stdout=log, stderr=log,
@@ -66,19 +69,9 @@ def start_daemon() -> subprocess.Popen:
     return p
 
 
-def exec_(vms, vm_id: str, argv: list[str], stdin: bytes = b"") -> tuple[bytes, int]:
-    def reqs():
-        yield mpb.ExecRequest(start=mpb.ExecStart(microvm_id=vm_id, argv=argv))
-        if stdin:
-            yield mpb.ExecRequest(stdin=stdin)
-        yield mpb.ExecRequest(close_stdin=True)
-    out, code = b"", None
-    for r in vms.Exec(reqs(), timeout=300):
-        if r.WhichOneof("msg") == "stdout":
-            out += r.stdout
-        elif r.WhichOneof("msg") == "exit":
-            code = r.exit.code
-    return out, code
+def exec_(c: Client, vm_id: str, argv: list[str], stdin: bytes = b"") -> tuple[bytes, int]:
+    r = c.exec(vm_id, argv, stdin)
+    return r.stdout, r.code
 
 
 def main() -> None:
@@ -88,63 +81,94 @@ def main() -> None:
     asyncio.run(make_image_snapshot(kernel, initrd, rootfs))
     daemon = start_daemon()
     try:
-        ch = grpc.insecure_channel(f"unix:{SOCK}")
-        images = images_pb2_grpc.ImageServiceStub(ch)
-        vms = microvms_pb2_grpc.MicroVMServiceStub(ch)
+        c = Client(SOCK)
+        images, vms = c.images, c.vms
         t0 = time.monotonic()
         img = images.RegisterImage(ipb.RegisterImageRequest(name="linux", snapshot=ipb.SnapshotSource(
             snapshot_dir=f"{WORK}/image-snap", kernel=kernel, initrd=initrd, rootfs=rootfs,
             devices=ipb.DeviceConfig(linux=True), agent=ipb.GuestAgent(present=True))))
         timing("register_image", t0)
         t0 = time.monotonic()
-        a = vms.Launch(mpb.LaunchRequest(image_id=img.id, labels={"who": "a"}))
+        idle = tpb.IdlePolicy()
+        idle.max_idle.FromSeconds(IDLE_S)
+        a = vms.Launch(mpb.LaunchRequest(image_id=img.id, labels={"who": "a"}, idle=idle))
         timing("launch_a", t0)
         check("launch_state", tpb.MicroVMState.Name(a.state))
         t0 = time.monotonic()
-        out, code = exec_(vms, a.id, ["uname", "-m"])
+        out, code = exec_(c, a.id, ["uname", "-m"])
         timing("exec_uname", t0)
         check("uname", out.decode().strip())
-        out, code = exec_(vms, a.id, ["sh", "-c", "cat; exit 7"], stdin=b"through stdin\n")
+        out, code = exec_(c, a.id, ["sh", "-c", "cat; exit 7"], stdin=b"through stdin\n")
         check("cat_stdin", out.decode().strip().replace(" ", "_"))
         check("exit_code", code)
-        out, _ = exec_(vms, a.id, ["cat", "/data/from-image"])
+        out, _ = exec_(c, a.id, ["cat", "/data/from-image"])
         check("from_image", out.decode().strip().replace(" ", "_"))
         payload = os.urandom(3 << 20)
-        vms.WriteFile(iter([
-            mpb.WriteFileRequest(start=mpb.WriteFileStart(microvm_id=a.id, path="/data/session")),
-            *[mpb.WriteFileRequest(data=payload[i:i + (1 << 20)])
-              for i in range(0, len(payload), 1 << 20)]]), timeout=120)
-        back = b"".join(c.data for c in vms.ReadFile(
-            mpb.ReadFileRequest(microvm_id=a.id, path="/data/session"), timeout=120))
+        c.write_file(a.id, "/data/session", payload)
+        back = c.read_file(a.id, "/data/session")
         check("file_round_trip", back == payload)
-        exec_(vms, a.id, ["sync"])
-        t0 = time.monotonic()
-        s = vms.Suspend(mpb.SuspendRequest(microvm_id=a.id), timeout=300)
-        timing("suspend", t0)
-        check("suspended_state", tpb.MicroVMState.Name(s.state))
+        # a process that must outlive the suspend: it counts into a file
+        exec_(c, a.id, ["sh", "-c", "setsid sh -c 'while :; do echo x >> /run/ticks; sleep 1; "
+                                    "done' > /dev/null 2>&1 < /dev/null & echo $! > /run/ticker.pid"])
+        pid = c.read_file(a.id, "/run/ticker.pid").strip()
+        exec_(c, a.id, ["sync"])
+        t0 = time.monotonic()             # no request now: the idle policy suspends it
+        state = ""
+        while time.monotonic() - t0 < 120 and "SUSPENDED" not in state:
+            time.sleep(0.5)
+            state = tpb.MicroVMState.Name(vms.List(mpb.ListRequest(labels={"who": "a"})
+                                                   ).microvms[0].state)
+        timing("idle_suspend_after_last_request", t0)
+        check("suspended_state", state)
         time.sleep(3)                    # the guest clock must not lag by this after resume
         t0 = time.monotonic()
-        out, _ = exec_(vms, a.id, ["sha256sum", "/data/session"])   # resumes it
+        out, _ = exec_(c, a.id, ["sha256sum", "/data/session"])   # resumes it
         timing("exec_resuming_a_suspended_vm", t0)
         import hashlib
         check("file_after_resume", out.split()[0].decode() == hashlib.sha256(payload).hexdigest())
         before = time.time()            # busybox date has whole seconds only
-        out, _ = exec_(vms, a.id, ["date", "+%s"])
+        out, _ = exec_(c, a.id, ["date", "+%s"])
         check("clock_skew_ok", int(before) - 1 <= int(out) <= int(time.time()) + 1)
         check("state_after_exec", tpb.MicroVMState.Name(
             vms.Get(mpb.GetRequest(microvm_id=a.id)).state))
-        b = vms.Launch(mpb.LaunchRequest(image_id=img.id, labels={"who": "b"}))
+        alive, _ = exec_(c, a.id, ["sh", "-c", f"kill -0 {pid.decode()} && echo alive"])
+        ticks = c.read_file(a.id, "/run/ticks").count(b"x")
+        time.sleep(2)
+        check("process_survived", alive.strip() == b"alive"
+              and c.read_file(a.id, "/run/ticks").count(b"x") > ticks)
+        b_req = mpb.LaunchRequest(image_id=img.id, labels={"who": "b"})
+        b_req.max_runtime.FromSeconds(RUNTIME_S)
+        b = vms.Launch(b_req)
         try:
             vms.ReadFile(mpb.ReadFileRequest(microvm_id=b.id, path="/data/session")).next()
             check("b_sees_a_file", True)
         except grpc.RpcError as e:
             check("b_sees_a_file", grpc.StatusCode.NOT_FOUND.name if e.code() ==
                   grpc.StatusCode.NOT_FOUND else f"{e.code().name}:{e.details()}")
-        out, _ = exec_(vms, b.id, ["cat", "/proc/sys/kernel/random/uuid"])
-        out_a, _ = exec_(vms, a.id, ["cat", "/proc/sys/kernel/random/uuid"])
+        out, _ = exec_(c, b.id, ["cat", "/proc/sys/kernel/random/uuid"])
+        out_a, _ = exec_(c, a.id, ["cat", "/proc/sys/kernel/random/uuid"])
         check("uuids_differ", out != out_a)
-        for vm in (a, b):
-            vms.Terminate(mpb.TerminateRequest(microvm_id=vm.id))
+        t0 = time.monotonic()            # b's runtime cap ends it
+        while time.monotonic() - t0 < 180:
+            got = vms.Get(mpb.GetRequest(microvm_id=b.id))
+            if got.state == tpb.MICROVM_STATE_TERMINATED:
+                break
+            time.sleep(0.5)
+        check("b_runtime_cap", tpb.MicroVMState.Name(got.state) + ":" +
+              ("runtime" if "runtime" in got.reason else got.reason.replace(" ", "_")))
+        vms.Terminate(mpb.TerminateRequest(microvm_id=a.id))
+        seen = []
+        call = vms.WatchEvents(mpb.WatchEventsRequest(microvm_id=a.id, replay=True), timeout=10)
+        try:
+            for ev in call:
+                if ev.type == tpb.EVENT_TYPE_STATE_CHANGED:
+                    seen.append(tpb.MicroVMState.Name(ev.to_state).removeprefix("MICROVM_STATE_"))
+                if ev.to_state == tpb.MICROVM_STATE_TERMINATED:
+                    break
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        check("a_transitions", ",".join(seen))
         check("done", True)
     finally:
         daemon.terminate()

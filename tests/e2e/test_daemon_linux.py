@@ -1,9 +1,10 @@
 """The daemon end to end with Linux MicroVMs, inside the emulated x86_64 KVM host: `vmmd serve`
 with real workers (one process each, seccomp enforcing) registers an image from a Linux
 MicroVM's snapshot (cloud kernel, vmmd's initramfs and agent, ext4 root on virtio-blk), launches
-MicroVMs from it and runs code in them through the agent over vsock; a suspended MicroVM is
-woken by the next Exec with its files and a synced clock; a second MicroVM of the same image
-does not see the first one's files (tests/e2e/inhost_daemon_linux.py does the driving)."""
+MicroVMs from it and runs code in them through the agent over vsock; idle, one is suspended by
+its policy and woken by the next Exec with its files, its running processes and a synced clock;
+another MicroVM of the same image does not see the first one's files and is ended by its runtime
+cap; WatchEvents shows every transition (tests/e2e/inhost_daemon_linux.py does the driving)."""
 from __future__ import annotations
 
 import re
@@ -42,6 +43,10 @@ def test_daemon_runs_linux_microvms_through_the_agent_and_suspends_them(testhost
     assert checks["suspended_state"] == "MICROVM_STATE_SUSPENDED"
     assert checks["file_after_resume"] == "True" and checks["clock_skew_ok"] == "True"
     assert checks["state_after_exec"] == "MICROVM_STATE_RUNNING"
+    assert checks["process_survived"] == "True"
     assert checks["b_sees_a_file"] == "NOT_FOUND"
     assert checks["uuids_differ"] == "True"
+    assert checks["b_runtime_cap"] == "MICROVM_STATE_TERMINATED:runtime"
+    assert checks["a_transitions"] == ("LAUNCHING,RUNNING,SUSPENDING,SUSPENDED,RESUMING,RUNNING,"
+                                       "TERMINATED"), checks["a_transitions"]
     assert "runner_status=0" in out
