@@ -21,6 +21,7 @@ import pytest
 from conftest import report
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
+pytestmark = pytest.mark.timeout(1800)      # an emulated host and two VMMs: minutes
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
@@ -47,6 +48,7 @@ def run_in_host(arch: str, tmp_path) -> dict:
 def test_linux_guest_against_cold_boot_socketpair_and_qemu(benchmark, tmp_path, arch):
     res = benchmark.pedantic(lambda: run_in_host(arch, tmp_path), rounds=1, iterations=1)
     benchmark.extra_info.update(res)
+    print(f"\n{arch}: {json.dumps(res)}")
     v, q = res["vmmd"], res["qemu"]
     g = f"linux guest ({arch})"
     restore = statistics.median(v["restore_to_ready_s"])
