@@ -47,6 +47,12 @@ def test_daemon_runs_linux_microvms_through_the_agent_and_suspends_them(testhost
     assert checks["b_sees_a_file"] == "NOT_FOUND"
     assert checks["uuids_differ"] == "True"
     assert checks["b_runtime_cap"] == "MICROVM_STATE_TERMINATED:runtime"
-    assert checks["a_transitions"] == ("LAUNCHING,RUNNING,SUSPENDING,SUSPENDED,RESUMING,RUNNING,"
-                                       "TERMINATED"), checks["a_transitions"]
+    # a, idle again while b ran into its cap, may have been suspended once more: that is its
+    # policy too; every step must be a legal one
+    seen = checks["a_transitions"].split(",")
+    assert seen[:6] == ["LAUNCHING", "RUNNING", "SUSPENDING", "SUSPENDED", "RESUMING",
+                        "RUNNING"] and seen[-1] == "TERMINATED", seen
+    legal = {("RUNNING", "SUSPENDING"), ("SUSPENDING", "SUSPENDED"), ("SUSPENDED", "RESUMING"),
+             ("RESUMING", "RUNNING"), ("RUNNING", "TERMINATED"), ("SUSPENDED", "TERMINATED")}
+    assert all(step in legal for step in zip(seen[5:], seen[6:])), seen
     assert "runner_status=0" in out
