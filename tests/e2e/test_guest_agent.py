@@ -39,15 +39,18 @@ def passed_cleanly(r) -> bool:
     return r.ok and re.search(r"\d+ passed", last) and not re.search(r"failed|error|skipped", last)
 
 
-@pytest.mark.timeout(900)
+# The host's own timeout well inside pytest's, twice over: a host that hangs (QEMU TCG's nested
+# SVM, docs/emulated-hosts.md) then returns its console, and the testhost fixture can tell a
+# broken host from a failing test and run it once more. A normal run takes about 2 minutes.
+@pytest.mark.timeout(1300)
 @pytest.mark.parametrize("vmm", ["vmmd", "qemu"])
 def test_x86_64_guest_agent(testhost, tmp_path, vmm):
-    r = run_in_host(testhost, vmm, "x86_64", tmp_path, timeout=840)
+    r = run_in_host(testhost, vmm, "x86_64", tmp_path, timeout=540)
     assert passed_cleanly(r), r.output[-6000:] + r.console[-2000:]
 
 
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(2000)          # a normal run takes 3-6 minutes
 @pytest.mark.parametrize("vmm", ["vmmd", "qemu"])
 def test_aarch64_guest_agent(testhost, tmp_path, vmm):
-    r = run_in_host(testhost, vmm, "aarch64", tmp_path, timeout=1700)
+    r = run_in_host(testhost, vmm, "aarch64", tmp_path, timeout=960)
     assert passed_cleanly(r), r.output[-6000:] + r.console[-2000:]
