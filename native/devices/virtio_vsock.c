@@ -216,6 +216,16 @@ static bool flush_buf(struct vsock *s, struct conn *c)
     return true;
 }
 
+/* Appends to the connection's ring; the caller has checked it fits (credit). */
+static void ring_put(struct conn *c, const uint8_t *p, uint32_t k)
+{
+    uint32_t tail = (c->buf_head + c->buf_len) % CONN_BUF;
+    uint32_t first = CONN_BUF - tail < k ? CONN_BUF - tail : k;
+    memcpy(c->buf + tail, p, first);
+    memcpy(c->buf, p + first, k - first);
+    c->buf_len += k;
+}
+
 /* The payload of an RW packet: straight to the host stream if nothing is queued ahead of it,
  * the rest into the connection's buffer. The guest may hold at most CONN_BUF bytes with us. */
 static int guest_data(struct vsock *s, struct conn *c, uint32_t len)
@@ -244,17 +254,13 @@ static int guest_data(struct vsock *s, struct conn *c, uint32_t len)
             return -1;
         uint64_t skip = done;
         for (int i = 0; i < n; i++) {
-            const uint8_t *p = s->iov[i].iov_base;
             uint64_t k = s->iov[i].iov_len;
             if (skip >= k) {
                 skip -= k;
                 continue;
             }
-            p += skip;
-            k -= skip;
+            ring_put(c, (const uint8_t *)s->iov[i].iov_base + skip, (uint32_t)(k - skip));
             skip = 0;
-            for (uint64_t j = 0; j < k; j++)
-                c->buf[(c->buf_head + c->buf_len++) % CONN_BUF] = p[j];
         }
     }
     if (gm_done(s->v.mem))
