@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
 
 from guest_peer import QemuGuest, VmmdGuest, smaps_rollup  # noqa: E402
+from vmmd.agent import AgentError  # noqa: E402
 
 ARCH = platform.machine()
 MiB = 1 << 20
@@ -39,9 +40,7 @@ async def ready(g, timeout: float) -> float:
         try:
             await g.agent.ping()
             return time.monotonic() - g.started
-        except OSError:
-            pass
-        except Exception:       # noqa: BLE001 - AgentError: not up yet
+        except (AgentError, OSError):   # not up yet
             pass
         if not g.alive() or time.monotonic() > deadline:
             raise SystemExit(f"{g.vmm}: no agent: {g.stop()}\n{g.console_text()[-3000:]}")

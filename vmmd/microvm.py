@@ -47,6 +47,22 @@ class LinuxSpec:
         return f"{CONSOLE[self.arch]} {self.cmdline}{root}"
 
 
+def linux_devices(arch: str, workdir: str | os.PathLike, rootfs: str | None = None,
+                  disk_bytes: int = 0) -> tuple[Device, ...]:
+    """A Linux MicroVM's devices; its files live in `workdir`: the disk's writable layer
+    (disk.overlay) and the vsock socket (vsock.sock) the agent is reached through. A restore
+    passes the same list with its own workdir."""
+    w = pathlib.Path(workdir)
+    devs = [Device(DeviceType.VIRTIO_VSOCK, path=str(w / "vsock.sock"), cid=VSOCK_CID),
+            Device(DeviceType.VIRTIO_RNG)]
+    if rootfs:
+        devs.insert(0, Device(DeviceType.VIRTIO_BLK, path=rootfs,
+                              overlay=str(w / "disk.overlay"), size=disk_bytes))
+    if arch == "x86_64":
+        devs.append(Device(DeviceType.VMGENID))
+    return tuple(devs)
+
+
 class Console(threading.Thread):
     """Drains the guest's serial output into console.log, so it is never dropped and can be
     read after the VM is gone."""
@@ -86,15 +102,7 @@ class MicroVM:
 
     @staticmethod
     def devices(spec: LinuxSpec, workdir: pathlib.Path) -> tuple[Device, ...]:
-        """The device list; a restore passes the same types with its own paths."""
-        devs = [Device(DeviceType.VIRTIO_VSOCK, path=str(workdir / "vsock.sock"), cid=VSOCK_CID),
-                Device(DeviceType.VIRTIO_RNG)]
-        if spec.rootfs:
-            devs.insert(0, Device(DeviceType.VIRTIO_BLK, path=spec.rootfs,
-                                  overlay=str(workdir / "disk.overlay"), size=spec.disk_bytes))
-        if spec.arch == "x86_64":
-            devs.append(Device(DeviceType.VMGENID))
-        return tuple(devs)
+        return linux_devices(spec.arch, workdir, spec.rootfs, spec.disk_bytes)
 
     @staticmethod
     def _workdir(workdir) -> pathlib.Path:
@@ -162,11 +170,6 @@ class MicroVM:
                 self.vm.resume()
                 await frozen.thaw()
             await frozen.conn.aclose()
-
-    def rss_bytes(self) -> int:
-        """This process's resident memory (the VM's share when it is alone in a worker)."""
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def console_text(self) -> str:
         try:

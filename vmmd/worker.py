@@ -25,7 +25,6 @@ import collections
 import ctypes
 import errno
 import os
-import pathlib
 import resource
 import select
 import signal
@@ -59,16 +58,14 @@ def inspect_snapshot(directory: str) -> dict:
 
 
 def devices_of(config: dict | None, vm_dir: str = "", rootfs: str = "") -> tuple:
-    """The native device list an image's device configuration stands for. A Linux MicroVM's
-    files live in its directory: the disk's writable layer (disk.overlay) and the vsock
-    socket (vsock.sock) that the daemon reaches the agent through."""
+    """The native device list an image's device configuration stands for (a Linux MicroVM's
+    files, its disk layer and vsock socket, in its directory)."""
     config = config or {}
     if config.get("debug"):
         return (native.Device(native.DeviceType.DEBUG), native.Device(native.DeviceType.TESTDEV))
     if config.get("linux"):
-        from .microvm import LinuxSpec, MicroVM
-        spec = LinuxSpec(os.uname().machine, "", "", rootfs or None)
-        return MicroVM.devices(spec, pathlib.Path(vm_dir))
+        from .microvm import linux_devices
+        return linux_devices(os.uname().machine, vm_dir, rootfs or None)
     return ()
 
 

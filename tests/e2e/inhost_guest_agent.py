@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from guest_peer import QemuGuest, VmmdGuest
+from guest_peer import QemuGuest, VmmdGuest, smaps_rollup
 from vmmd.agent import Agent, AgentError
 
 pytestmark = pytest.mark.timeout(900)
@@ -265,7 +265,7 @@ def clones(guest):
         # holds the disk's layer and names the base image, which every VM shares
         disk = guest.disk if VMM == "vmmd" else f"/tmp/guest-{name}.ext4"
         g = PEER(ARCH, guest.kernel, guest.initrd, disk=disk, workdir=f"/tmp/guest-{name}")
-        before = VmmdGuest.memory(g)          # this process, for vmmd's in-process VM
+        before = smaps_rollup(os.getpid())    # vmmd's VM lives in this process
         g.restore(snap)
         a = g.agent
         try:
