@@ -12,6 +12,12 @@ mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do
     insmod "/lib/modules/$m" || echo "vmmd-host: insmod $m failed"
 done
+# a network for passt, the MicroVMs' user-mode network stack (docs/network.md): an interface
+# with a default route that leads nowhere (the host has no NIC: nothing leaves it); passt gives
+# guests this address and maps the gateway's to the host's loopback
+ip link set lo up
+{ ip link set dummy0 up && ip addr add 10.0.2.15/24 dev dummy0 &&
+  ip route add default via 10.0.2.2; } || echo "vmmd-host: no network for passt (dummy0)"
 arg() { sed -n "s/.*vmmd.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 results=$(arg results)
 userland=$(arg userland)

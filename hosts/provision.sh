@@ -103,10 +103,11 @@ for a in amd64 arm64; do
 done
 bb_arm64=$out/busybox-arm64
 # vhost_vsock: the peer VMM (QEMU's vhost-vsock-device) and AF_VSOCK to its guests (tests/e2e)
+# dummy: the interface passt takes the guests' address and gateway from (docs/network.md)
 build_initramfs x86_64 amd64 "$out/busybox-amd64/bin/busybox" virtio_pci 9pnet_virtio 9p kvm-amd \
-    vhost_vsock
+    vhost_vsock dummy
 build_initramfs aarch64 arm64 "$bb_arm64/bin/busybox" virtio_pci virtio_mmio 9pnet_virtio 9p \
-    vhost_vsock
+    vhost_vsock dummy
 
 # --- the guest side: cloud kernels as MicroVMs boot them, msgpack-c for the guest agent ---
 for pair in x86_64:amd64 aarch64:arm64; do
@@ -133,7 +134,7 @@ done
 arm64_libs=(gcc-12-base libbz2-1.0 libc6 libcom-err2 libcrypt1 libdb5.3 libexpat1 libffi8
     libgcc-s1 libstdc++6 libgdbm6 libgssapi-krb5-2 libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0
     liblzma5 libncursesw6 libnsl2 libreadline8 libsqlite3-0 libssl3 libtinfo6 libtirpc-common
-    libtirpc3 libuuid1 media-types readline-common zlib1g)
+    libtirpc3 libuuid1 media-types readline-common zlib1g passt)
 arm64_python=(python3.11 python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
     libpython3.11-dev libpython3.11)
 # QEMU as the peer VMM inside the aarch64 host (tests/e2e/test_guest_agent.py): the libraries its

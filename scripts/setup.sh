@@ -15,8 +15,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # libseccomp2: the worker's filter; systemd: systemd-analyze checks deploy/vmmd.service;
 # acpica-tools (iasl) and device-tree-compiler (dtc) check the boot tables in tests/unit/test_boot.py
 # clang and libclang-rt-dev (libFuzzer): the virtio fuzz targets in tests/unit/test_virtio_fuzz.py
+# passt: the MicroVMs' user-mode network stack (docs/network.md)
 debs=(gcc libc6-dev binutils make python3 python3-venv python3-dev libseccomp2 systemd
-      acpica-tools device-tree-compiler clang libclang-rt-dev)
+      acpica-tools device-tree-compiler clang libclang-rt-dev passt)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,16 +1,18 @@
 """A Linux MicroVM in this process: the guest kernel, vmmd's initramfs and agent, a root disk
 (read-only base + this VM's copy-on-write layer), virtio-vsock bridged to a Unix socket
-(Firecracker's hybrid protocol) for the agent, virtio-rng, and on x86_64 VMGenID.
+(Firecracker's hybrid protocol) for the agent, virtio-rng, on x86_64 VMGenID, and with
+`LinuxSpec.net` a virtio-net NIC behind its own passt (vmmd.net, docs/network.md).
 
     vm = MicroVM.boot(LinuxSpec(arch, kernel, initrd, rootfs), workdir)
     await vm.wait_ready(60)                       # the agent answers
     await vm.agent.run(["uname", "-m"])
     await vm.snapshot(snapdir)                    # freeze, pause, snapshot, thaw, resume
     copy = MicroVM.restore(snapdir, spec, otherdir)
-    await copy.wait_ready(10); await copy.agent.sync_after_restore()
+    await copy.wait_ready(10); await copy.after_restore()    # clock, entropy, network
 
 Workdir holds what belongs to one VM: `vsock.sock` (and `vsock.sock_<port>` listeners for
-guest-initiated connections), `disk.overlay`, `console.log`. docs/microvm.md has the layout of
+guest-initiated connections), `disk.overlay`, `console.log`, and with a network passt's
+`net.sock` and `passt.log`. docs/microvm.md has the layout of
 the guest and what a snapshot holds.
 """
 from __future__ import annotations
@@ -23,10 +25,12 @@ import select
 import threading
 import time
 
+from vmmd import net
 from vmmd.agent import Agent, AgentError
 from vmmd.native import VM, Backend, Device, DeviceType
 
 VSOCK_CID = 3
+NET_ID = 0
 CONSOLE = {"x86_64": "console=ttyS0 reboot=k pci=off", "aarch64": "console=ttyS0"}
 
 
@@ -41,17 +45,28 @@ class LinuxSpec:
     mem_mib: int = 256
     disk_bytes: int = 0              # 0: the base image's size
     cmdline: str = "quiet loglevel=4 panic=-1"
+    net: bool = False                # a NIC (DHCP from its passt at boot)
 
     def full_cmdline(self) -> str:
         root = " root=/dev/vda" if self.rootfs else ""
-        return f"{CONSOLE[self.arch]} {self.cmdline}{root}"
+        nic = " vmmd.net=dhcp" if self.net else ""
+        return f"{CONSOLE[self.arch]} {self.cmdline}{root}{nic}"
+
+
+@dataclasses.dataclass(frozen=True)
+class NetOptions:
+    """One MicroVM's network, chosen at boot or restore (each copy its own): the egress policy
+    and the guest TCP ports the host reaches on its loopback (`MicroVM.host_port`)."""
+    policy: net.EgressPolicy = net.EgressPolicy()
+    expose: tuple[int, ...] = ()
 
 
 def linux_devices(arch: str, workdir: str | os.PathLike, rootfs: str | None = None,
-                  disk_bytes: int = 0) -> tuple[Device, ...]:
+                  disk_bytes: int = 0, mac: bytes | None = None) -> tuple[Device, ...]:
     """A Linux MicroVM's devices; its files live in `workdir`: the disk's writable layer
-    (disk.overlay) and the vsock socket (vsock.sock) the agent is reached through. A restore
-    passes the same list with its own workdir."""
+    (disk.overlay), the vsock socket (vsock.sock) the agent is reached through, and with a MAC
+    the NIC's backend socket (net.sock, made by passt). A restore passes the same list with its
+    own workdir and MAC."""
     w = pathlib.Path(workdir)
     devs = [Device(DeviceType.VIRTIO_VSOCK, path=str(w / "vsock.sock"), cid=VSOCK_CID),
             Device(DeviceType.VIRTIO_RNG)]
@@ -60,6 +75,9 @@ def linux_devices(arch: str, workdir: str | os.PathLike, rootfs: str | None = No
                               overlay=str(w / "disk.overlay"), size=disk_bytes))
     if arch == "x86_64":
         devs.append(Device(DeviceType.VMGENID))
+    if mac is not None:
+        devs.append(Device(DeviceType.VIRTIO_NET, id=NET_ID, path=str(w / "net.sock"), mac=mac,
+                           mtu=net.MTU))
     return tuple(devs)
 
 
@@ -92,8 +110,10 @@ class Console(threading.Thread):
 class MicroVM:
     """One Linux MicroVM. Made by `boot` or `restore`; `close()` ends it."""
 
-    def __init__(self, vm: VM, spec: LinuxSpec, workdir: pathlib.Path, started: float):
+    def __init__(self, vm: VM, spec: LinuxSpec, workdir: pathlib.Path, started: float,
+                 network: "Network | None" = None):
         self.vm, self.spec, self.workdir, self.started = vm, spec, workdir, started
+        self.network = network
         self.vsock_path = workdir / "vsock.sock"
         self.agent = Agent.hybrid(self.vsock_path)
         self.console_path = workdir / "console.log"
@@ -101,43 +121,85 @@ class MicroVM:
         self._console.start()
 
     @staticmethod
-    def devices(spec: LinuxSpec, workdir: pathlib.Path) -> tuple[Device, ...]:
-        return linux_devices(spec.arch, workdir, spec.rootfs, spec.disk_bytes)
+    def devices(spec: LinuxSpec, workdir: pathlib.Path,
+                mac: bytes | None = None) -> tuple[Device, ...]:
+        return linux_devices(spec.arch, workdir, spec.rootfs, spec.disk_bytes, mac)
 
     @staticmethod
     def _workdir(workdir) -> pathlib.Path:
         w = pathlib.Path(workdir)
         w.mkdir(parents=True, exist_ok=True)
-        for stale in ("vsock.sock", "disk.overlay"):
+        for stale in ("vsock.sock", "disk.overlay", "net.sock"):
             (w / stale).unlink(missing_ok=True)
         return w
 
     @classmethod
-    def boot(cls, spec: LinuxSpec, workdir: str | os.PathLike) -> "MicroVM":
+    def _make(cls, spec: LinuxSpec, workdir, options: "NetOptions | None", make_vm) -> "MicroVM":
         w = cls._workdir(workdir)
         t0 = time.monotonic()
-        vm = VM.create(spec.vcpus, spec.mem_mib << 20, track_dirty=True,
-                       devices=cls.devices(spec, w))
+        network = Network.start(w, options or NetOptions()) if spec.net else None
         try:
-            vm.load_linux(spec.kernel, spec.initrd, spec.full_cmdline())
+            vm = make_vm(cls.devices(spec, w, network.mac if network else None))
+        except BaseException:
+            if network:
+                network.stop()
+            raise
+        try:
+            if network:
+                network.attach(vm)
             vm.start()
         except BaseException:
             vm.close()
+            if network:
+                network.stop()
             raise
-        return cls(vm, spec, w, t0)
+        return cls(vm, spec, w, t0, network)
+
+    @classmethod
+    def boot(cls, spec: LinuxSpec, workdir: str | os.PathLike,
+             network: "NetOptions | None" = None) -> "MicroVM":
+        def make(devices):
+            vm = VM.create(spec.vcpus, spec.mem_mib << 20, track_dirty=True, devices=devices)
+            try:
+                vm.load_linux(spec.kernel, spec.initrd, spec.full_cmdline())
+            except BaseException:
+                vm.close()
+                raise
+            return vm
+        return cls._make(spec, workdir, network, make)
 
     @classmethod
     def restore(cls, snapshot: str | os.PathLike, spec: LinuxSpec, workdir: str | os.PathLike,
-                backend: Backend = Backend.MMAP) -> "MicroVM":
-        w = cls._workdir(workdir)
-        t0 = time.monotonic()
-        vm = VM.restore(snapshot, backend, track_dirty=True, devices=cls.devices(spec, w))
-        try:
-            vm.start()
-        except BaseException:
-            vm.close()
-            raise
-        return cls(vm, spec, w, t0)
+                backend: Backend = Backend.MMAP,
+                network: "NetOptions | None" = None) -> "MicroVM":
+        return cls._make(spec, workdir, network, lambda devices: VM.restore(
+            snapshot, backend, track_dirty=True, devices=devices))
+
+    async def after_restore(self) -> dict:
+        """What a restored copy needs before it serves: the guest's clock and entropy, and its
+        network (this copy's MAC, a new lease from its own passt)."""
+        sync = await self.agent.sync_after_restore()
+        if self.network:
+            r = await self.agent.run(["/run/vmmd/net", "restored", net.mac_text(self.network.mac)])
+            if r.code != 0:
+                raise AgentError(f"the guest could not bring its network back after the restore "
+                                 f"({r.exit}): {(r.stdout + r.stderr).decode()[-2000:]}")
+            sync["network"] = r.stdout.decode().strip()
+        return sync
+
+    def set_egress(self, policy: net.EgressPolicy) -> None:
+        """Applies a new egress policy to the running VM; the next frame obeys it."""
+        if not self.network:
+            raise ValueError("this MicroVM has no network")
+        self.network.set_policy(self.vm, policy)
+
+    def host_port(self, guest_port: int) -> int:
+        """The host loopback port that reaches `guest_port` in the guest (NetOptions.expose)."""
+        if self.network:
+            for h, g in self.network.passt.forwards.items():
+                if g == guest_port:
+                    return h
+        raise KeyError(f"guest port {guest_port} is not exposed")
 
     def alive(self) -> bool:
         return self.vm.state.name in ("RUNNING", "PAUSED")
@@ -180,3 +242,28 @@ class MicroVM:
     def close(self) -> None:
         self.vm.close()
         self._console.stop()
+        if self.network:
+            self.network.stop()
+
+
+class Network:
+    """A MicroVM's NIC on the host side: its MAC, its passt, its policy."""
+
+    def __init__(self, passt: net.Passt, mac: bytes, options: NetOptions):
+        self.passt, self.mac, self.options = passt, mac, options
+
+    @classmethod
+    def start(cls, workdir: pathlib.Path, options: NetOptions) -> "Network":
+        options.policy.validate()     # a bad policy fails before anything starts
+        return cls(net.Passt(workdir, options.expose).start(), net.random_mac(), options)
+
+    def attach(self, vm: VM) -> None:
+        self.set_policy(vm, self.options.policy)
+
+    def set_policy(self, vm: VM, policy: net.EgressPolicy) -> None:
+        rules, default_allow = policy.compile(self.passt.host)
+        vm.net_set_policy(NET_ID, rules, default_allow)
+        self.options = dataclasses.replace(self.options, policy=policy)
+
+    def stop(self) -> None:
+        self.passt.stop()

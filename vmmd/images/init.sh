@@ -1,6 +1,6 @@
 #!/bin/busybox sh
 # PID 1 of a vmmd guest (docs/guest.md): load the modules the initramfs carries, mount the
-# kernel filesystems, bring up lo, optionally switch to an ext4 root on a block device, then
+# kernel filesystems, bring up lo and the network (vmmd.net=), optionally switch to an ext4 root on a block device, then
 # exec the guest agent, which stays PID 1 (it reaps every orphan).
 # Kernel command line:
 #   root=/dev/vda        mount this ext4 device as / (absent: stay in the initramfs)
@@ -19,11 +19,14 @@ while read -r m; do
     insmod "/lib/modules/$m" || say "insmod $m failed"
 done < /etc/vmmd/modules
 ip link set lo up || say "cannot bring up lo"
+# the network script and a busybox for it, where they survive switch_root (docs/network.md)
+mkdir -p /run/vmmd && cp /bin/busybox /run/vmmd/busybox && cp /sbin/vmmd-net /run/vmmd/net
 
 arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}";; esac; done; }
 root=$(arg root)
 agent_args="--system-ops $(arg vmmd.agent_args | tr , ' ')"
 if [ -z "$root" ]; then
+    /run/vmmd/net boot
     say "agent starting at $(cut -d' ' -f1 /proc/uptime) s"
     exec /sbin/vmmd-agent $agent_args
 fi
@@ -37,6 +40,7 @@ i=0
 while [ ! -b "$root" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 if ! mount -t "${fstype:-ext4}" -o "$opts" "$root" /newroot; then
     say "cannot mount $root; staying in the initramfs"
+    /run/vmmd/net boot
     exec /sbin/vmmd-agent $agent_args
 fi
 for d in proc sys dev run tmp; do [ -d "/newroot/$d" ] || mkdir -p "/newroot/$d"; done
@@ -44,4 +48,5 @@ for d in proc sys dev run tmp; do [ -d "/newroot/$d" ] || mkdir -p "/newroot/$d"
 cp /sbin/vmmd-agent /run/vmmd-agent
 say "agent starting on $root at $(cut -d' ' -f1 /proc/uptime) s"
 for d in proc sys dev run; do mount --move "/$d" "/newroot/$d"; done
+chroot /newroot /run/vmmd/net boot   # its resolv.conf goes to the new root
 exec switch_root /newroot /run/vmmd-agent $agent_args

@@ -4,6 +4,7 @@ the guest needs with their dependencies, and the init (vmmd/images/init.sh).
     /init                          init.sh
     /bin/busybox                   static busybox (applet links are made at boot)
     /sbin/vmmd-agent               the guest agent (vmmd.images.agentbuild)
+    /sbin/vmmd-net                 the network's bring-up (net.sh, docs/network.md)
     /lib/modules/<release>/...     the modules, and /etc/vmmd/modules listing them in load order
     /etc/passwd, /etc/group        root and nobody, for exec's `user`
     /dev/console, /dev/null        device nodes, so the kernel can open the console for /init
@@ -29,10 +30,13 @@ import sys
 from vmmd.images import agentbuild, paths
 
 INIT = pathlib.Path(__file__).with_name("init.sh")
+NET = pathlib.Path(__file__).with_name("net.sh")
 # virtio_mmio: the transport (ACPI LNRO0005 on x86_64, FDT virtio,mmio on arm64); virtio_blk:
-# the root disk; vmw_vsock_virtio_transport: AF_VSOCK for the agent; virtio_rng: host entropy.
+# the root disk; vmw_vsock_virtio_transport: AF_VSOCK for the agent; virtio_rng: host entropy;
+# virtio_net: the NIC (docs/network.md).
 # ext4, crc32c, the serial consoles and devtmpfs are built into the cloud kernels.
-DEFAULT_MODULES = ("virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtio_rng")
+DEFAULT_MODULES = ("virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtio_rng",
+                   "virtio_net")
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = b"root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"
 
@@ -93,6 +97,7 @@ def archive(arch: str, modules=DEFAULT_MODULES, agent: pathlib.Path | None = Non
         "init": (INIT.read_bytes(), 0o755),
         "bin/busybox": (paths.busybox(arch).read_bytes(), 0o755),
         "sbin/vmmd-agent": (agent.read_bytes(), 0o755),
+        "sbin/vmmd-net": (NET.read_bytes(), 0o755),
         "etc/passwd": (PASSWD, 0o644),
         "etc/group": (GROUP, 0o644),
     }
