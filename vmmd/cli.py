@@ -213,6 +213,8 @@ def images_register(
         agent: bool = typer.Option(False, "--agent", help="the image runs the guest agent"),
         linux: bool = typer.Option(False, "--linux", help="a Linux MicroVM's snapshot "
                                    "(vmmd.microvm): virtio blk/vsock/rng devices"),
+        net: bool = typer.Option(False, "--net", help="with --linux: the snapshot has a NIC "
+                                 "(vmmd.microvm LinuxSpec.net)"),
         rootfs: str = typer.Option("", "--rootfs", help="its root disk's base image (ext4)"),
         kernel: str = typer.Option("", "--kernel"), initrd: str = typer.Option("", "--initrd"),
         label: list[str] = typer.Option(None, "--label", "-l")):
@@ -228,6 +230,7 @@ def images_register(
         req.snapshot.snapshot_dir = os.path.abspath(snapshot_dir)
         req.snapshot.devices.debug = debug_devices
         req.snapshot.devices.linux = linux
+        req.snapshot.devices.net = net
         req.snapshot.agent.present = agent
         for key, path in (("rootfs", rootfs), ("kernel", kernel), ("initrd", initrd)):
             if path:
@@ -267,7 +270,15 @@ def launch(image_id: str,
            max_runtime: float = typer.Option(None, help="seconds of running time"),
            env: list[str] = typer.Option(None, "--env", "-e", help="KEY=VALUE"),
            label: list[str] = typer.Option(None, "--label", "-l", help="key=value"),
-           request_id: str = typer.Option("", help="idempotency key")):
+           request_id: str = typer.Option("", help="idempotency key"),
+           egress_default: str = typer.Option(None, "--egress-default",
+                                              help="allow|deny (images with a network)"),
+           allow: list[str] = typer.Option(None, "--allow", help="egress entry, e.g. "
+                                           "10.0.2.2/32:8080, tcp:example.org:443"),
+           deny: list[str] = typer.Option(None, "--deny", help="egress entry"),
+           no_dns: bool = typer.Option(False, "--no-dns", help="no DNS for the guest"),
+           expose: list[int] = typer.Option(None, "--expose", help="guest TCP port to reach "
+                                            "from the host (port-forward --network)")):
     """Launch a MicroVM from an image."""
     from .v1 import microvms_pb2 as mpb
     from .v1 import types_pb2 as tpb
@@ -284,7 +295,81 @@ def launch(image_id: str,
                             labels=_labels(label), request_id=request_id)
     if max_runtime is not None:
         req.max_runtime.CopyFrom(_dur(max_runtime))
+    if egress_default or allow or deny or no_dns or expose:
+        req.network.egress.CopyFrom(_egress(egress_default, allow, deny, no_dns))
+        req.network.expose_ports.extend(expose or [])
     _emit([_run("launching", lambda: vms.Launch(req))], VM_COLS)
+
+
+def _egress(default, allow, deny, no_dns):
+    from .v1 import microvms_pb2 as mpb
+    if default not in (None, "allow", "deny"):
+        raise typer.BadParameter("--egress-default is allow or deny")
+    return mpb.EgressPolicy(deny_by_default=default == "deny", allow=allow or [],
+                            deny=deny or [], no_dns=no_dns)
+
+
+@ctl.command()
+def egress(microvm_id: str,
+           default: str = typer.Option("allow", "--default", help="allow|deny"),
+           allow: list[str] = typer.Option(None, "--allow", help="egress entry"),
+           deny: list[str] = typer.Option(None, "--deny", help="egress entry"),
+           no_dns: bool = typer.Option(False, "--no-dns")):
+    """Replace a MicroVM's egress policy (takes effect at once)."""
+    from .v1 import microvms_pb2 as mpb
+    _, vms, _ = C.stubs()
+    req = mpb.SetEgressRequest(microvm_id=microvm_id,
+                               egress=_egress(default, allow, deny, no_dns))
+    _emit([_run("applying", lambda: vms.SetEgress(req))], VM_COLS)
+
+
+@ctl.command("port-forward")
+def port_forward(microvm_id: str,
+                 ports: str = typer.Argument(..., help="LOCAL:GUEST"),
+                 network: bool = typer.Option(False, "--network", help="through the MicroVM's "
+                                              "NIC (an exposed port) instead of the agent")):
+    """Listen on 127.0.0.1:LOCAL; each connection reaches GUEST in the MicroVM (Connect)."""
+    import socket
+    import threading
+
+    import grpc
+
+    from .v1 import microvms_pb2 as mpb
+    _, vms, _ = C.stubs()
+    try:
+        local, guest = (int(x) for x in ports.split(":"))
+    except ValueError:
+        raise typer.BadParameter("ports are LOCAL:GUEST, e.g. 8080:80") from None
+
+    def serve(conn: socket.socket) -> None:
+        def requests():
+            yield mpb.ConnectRequest(start=mpb.ConnectStart(microvm_id=microvm_id, port=guest,
+                                                            network=network))
+            while data := conn.recv(65536):
+                yield mpb.ConnectRequest(data=data)
+            yield mpb.ConnectRequest(close_write=True)
+        try:
+            for r in vms.Connect(requests()):
+                conn.sendall(r.data)
+        except grpc.RpcError as e:
+            typer.echo(f"connection to {microvm_id}:{guest}: {e.code().name}: {e.details()}",
+                       err=True)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    lsock = socket.create_server(("127.0.0.1", local))
+    typer.echo(f"forwarding 127.0.0.1:{lsock.getsockname()[1]} -> {microvm_id}:{guest}"
+               f"{' (network)' if network else ''}", err=True)
+    try:
+        while True:
+            conn, _ = lsock.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        lsock.close()
 
 
 @ctl.command("ls")

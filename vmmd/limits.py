@@ -110,6 +110,8 @@ class Spec:
     policy: Policy
     env: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
+    # {"egress": EgressPolicy.to_dict(), "expose": [ports]} (vmmd.net), None: the image's default
+    network: dict | None = None
 
 
 def check_labels(labels: dict, what: str = "label") -> None:

@@ -35,6 +35,7 @@ PROTECTED = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254
              "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
              "224.0.0.0/4", "240.0.0.0/4")
 PROTOCOLS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}
+MAX_ENTRIES = 256        # per list; a host name may stand for several addresses
 
 
 class PolicyError(ValueError):
@@ -123,8 +124,21 @@ class EgressPolicy:
     def validate(self) -> None:
         if self.default not in ("allow", "deny"):
             raise PolicyError(f"egress default {self.default!r}: use \"allow\" or \"deny\"")
+        for name, entries in (("allow", self.allow), ("deny", self.deny)):
+            if len(entries) > MAX_ENTRIES:
+                raise PolicyError(f"egress {name} list of {len(entries)} entries: at most "
+                                  f"{MAX_ENTRIES}; use CIDRs that cover several")
         for e in (*self.allow, *self.deny):
             Entry.parse(e)
+
+    def to_dict(self) -> dict:
+        return {"default": self.default, "allow": list(self.allow), "deny": list(self.deny),
+                "dns": self.dns}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EgressPolicy":
+        return cls(d.get("default", "allow"), tuple(d.get("allow", ())),
+                   tuple(d.get("deny", ())), bool(d.get("dns", True)))
 
     def compile(self, host: "HostAddresses") -> tuple[list[NetRule], bool]:
         """(rules in order, default_allow) for VM.net_set_policy; resolves host names now."""
@@ -140,6 +154,24 @@ class EgressPolicy:
         for n in sorted({*PROTECTED, *(f"{a}/32" for a in host.addresses)}):
             rules.append(NetRule(network=n, allow=False))
         return rules, self.default == "allow"
+
+
+def check_ports(ports) -> tuple[int, ...]:
+    out = tuple(int(p) for p in ports)
+    for p in out:
+        if not 0 < p < 65536:
+            raise PolicyError(f"exposed port {p}: use 1..65535")
+    if len(set(out)) != len(out) or len(out) > 64:
+        raise PolicyError("exposed ports: at most 64, each once")
+    return out
+
+
+def compiled(policy: EgressPolicy) -> dict:
+    """The policy as the worker applies it, resolved now (host names, this host's addresses):
+    {"rules": [...], "default_allow": bool}, plain data for the store and the worker."""
+    rules, default_allow = policy.compile(HostAddresses.probe())
+    return {"rules": [{"network": r.network, "proto": r.proto, "ports": list(r.ports),
+                       "allow": r.allow} for r in rules], "default_allow": default_allow}
 
 
 @dataclasses.dataclass(frozen=True)

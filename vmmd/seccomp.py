@@ -93,8 +93,11 @@ def _check(rc: int, what: str) -> None:
         raise SeccompError(-rc, f"seccomp: {what}: {os.strerror(-rc)}")
 
 
-def install(mode: str = "enforce", extra_allow: tuple[str, ...] = ()) -> int:
+def install(mode: str = "enforce", extra_allow: tuple[str, ...] = (),
+            children: tuple[int, ...] = ()) -> int:
     """Loads the worker filter into this process (all threads). Returns the rules added.
+    `children`: processes the worker started before the filter (its passt), which it may still
+    signal and reap, and no other.
 
     mode "enforce": anything outside the list kills the process; "log": it is allowed and
     logged (how the list was found).
@@ -126,6 +129,9 @@ def install(mode: str = "enforce", extra_allow: tuple[str, ...] = ()) -> int:
         rule(ACT_ALLOW, "socket", _ArgCmp(0, CMP_EQ, AF_UNIX, 0))
         # the core reads guest memory through the kernel (EFAULT, not SIGBUS): its own only
         rule(ACT_ALLOW, "process_vm_readv", _ArgCmp(0, CMP_EQ, os.getpid(), 0))
+        for pid in children:
+            rule(ACT_ALLOW, "kill", _ArgCmp(0, CMP_EQ, pid, 0))
+            rule(ACT_ALLOW, "wait4", _ArgCmp(0, CMP_EQ, pid, 0))
         _check(lib.seccomp_load(ctx), "load")
         return n
     finally:

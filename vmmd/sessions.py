@@ -71,6 +71,7 @@ class Session:
     policy_busy: bool = False
     timings: dict = field(default_factory=dict)
     launched: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    net: dict | None = None       # the worker's NIC: {"mac": hex, "forwards": [[guest, host]]}
 
     def record(self) -> dict:
         return {"id": self.id, "image_id": self.image_id, "state": self.state,
@@ -425,6 +426,13 @@ class Manager:
             g = self.cgroups.create(s.id, s.spec["vcpus"], self._memory_limit(s))
             procs = g.procs_files()
         ws = os.path.join(self.store.image_dir(s.image_id), "working_set")
+        network = None
+        if s.spec.get("network"):
+            from . import net
+            n = s.spec["network"]
+            # every worker is a new NIC: a MAC of its own (the guest takes it in _sync_agent)
+            network = {"mac": net.random_mac().hex(), "expose": n["expose"],
+                       "rules": n["rules"], "default_allow": n["default_allow"]}
         conf = {"vm_id": s.id, "vm_dir": vm_dir, "snapshot": self._top_snapshot(s),
                 "backend": self.cfg.restore_backend,
                 "working_set": ws if (img["meta"].get("working_set") and not s.chain) else "",
@@ -433,7 +441,7 @@ class Manager:
                            if img["meta"].get("rootfs") else ""),
                 "cgroup_procs": procs, "rlimit_nofile": self.cfg.worker_rlimit_nofile,
                 "rlimit_nproc": self.cfg.worker_rlimit_nproc, "fault": self.cfg.worker_fault,
-                "root": self.store.dir, "spawned_at": time.time()}
+                "root": self.store.dir, "spawned_at": time.time(), "network": network}
         loop = asyncio.get_running_loop()
         s.started = loop.create_future()
         s.exited = loop.create_future()
@@ -451,6 +459,7 @@ class Manager:
         except asyncio.TimeoutError:
             raise Internal(f"worker of {s.id} did not start within {SPAWN_TIMEOUT:g} s") from None
         s.timings = dict(ev.get("timings", {}), fork_s=t1 - t0, ready_s=time.monotonic() - t1)
+        s.net = ev.get("net")
         log.info("worker started", extra={"vm": s.id, "timings": s.timings})
 
     def _on_worker_event(self, s: Session, ev: dict) -> None:
@@ -532,12 +541,13 @@ class Manager:
             await s.launched.wait()
             return s
         img = self.get_image(spec.image_id)
+        network = await self._network_spec(img, spec.network)
         vm_id = "vm-" + secrets.token_hex(8)
         self.admission.check(vm_id, spec.vcpus, spec.memory_mib, spec.disk_mib)
         self.admission.commit(vm_id, spec.vcpus, spec.memory_mib, spec.disk_mib)
         spec_d = {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib, "disk_mib": spec.disk_mib,
                   "policy": dataclasses.asdict(spec.policy),
-                  "env": spec.env, "labels": spec.labels}
+                  "env": spec.env, "labels": spec.labels, "network": network}
         s = Session(vm_id, img["id"], spec_d, request_id=request_id or None)
         self.sessions[vm_id] = s
         if request_id:
@@ -740,6 +750,60 @@ class Manager:
             except Exception as e:  # a hook never blocks the lifecycle; the event says why
                 self._event(s, "HOOK", s.state, s.state, f"{event} hook failed: {e}")
 
+    async def _network_spec(self, img: dict, want: dict | None) -> dict | None:
+        """A launch's network, checked and resolved against its image (vmmd.net)."""
+        from . import net
+        has_net = bool(img["meta"].get("devices", {}).get("net"))
+        if want is not None and not has_net:
+            raise FailedPrecondition(f"image {img['id']} has no network (DeviceConfig.net); "
+                                     "launch it without network options")
+        if not has_net:
+            return None
+        want = want or {}
+        try:
+            policy = net.EgressPolicy.from_dict(want.get("egress") or {})
+            expose = list(net.check_ports(want.get("expose", ())))
+            rules = await asyncio.get_running_loop().run_in_executor(None, net.compiled, policy)
+        except net.PolicyError as e:
+            raise InvalidArgument(str(e)) from None
+        return {"egress": policy.to_dict(), "expose": expose, **rules}
+
+    async def set_egress(self, vm_id: str, egress: dict) -> Session:
+        """A new egress policy: stored, and applied now when the MicroVM has a worker."""
+        from . import net
+        s = self.get(vm_id)
+        if not s.spec.get("network"):
+            raise FailedPrecondition(f"MicroVM {vm_id} has no network: its image {s.image_id} "
+                                     "was registered without DeviceConfig.net")
+        if s.state == TERMINATED:
+            raise FailedPrecondition(f"MicroVM {vm_id} is TERMINATED ({s.reason})")
+        try:
+            policy = net.EgressPolicy.from_dict(egress)
+            rules = await asyncio.get_running_loop().run_in_executor(None, net.compiled, policy)
+        except net.PolicyError as e:
+            raise InvalidArgument(str(e)) from None
+        async with s.lock:
+            if s.state in (RUNNING, PAUSED) and s.link is not None:
+                await self._call(s, "net_policy", **rules)
+            s.spec["network"] = {**s.spec["network"], "egress": policy.to_dict(), **rules}
+            self._persist(s)
+        self._event(s, "NETWORK", s.state, s.state, "egress policy replaced")
+        return s
+
+    async def network_port(self, vm_id: str, guest_port: int) -> tuple[Session, int]:
+        """The host loopback port that reaches `guest_port` of a MicroVM (waking it first)."""
+        s = await self.touch(vm_id, data_plane=False)
+        exposed = (s.spec.get("network") or {}).get("expose", [])
+        if guest_port not in exposed:
+            raise FailedPrecondition(
+                f"guest port {guest_port} of {vm_id} is not exposed (exposed: {exposed or 'none'});"
+                " launch with network.expose_ports, or connect without network")
+        for g, h in (s.net or {}).get("forwards", []):
+            if g == guest_port:
+                return s, h
+        raise Unavailable(f"MicroVM {vm_id} has no worker forwarding port {guest_port} now "
+                          f"({s.state}); retry")
+
     async def _sync_agent(self, s: Session) -> None:
         """A restored guest's clock is the snapshot's and its entropy pool a copy: the agent
         sets the clock, reseeds and bumps the generation (docs/guest.md) before the MicroVM is
@@ -754,6 +818,14 @@ class Manager:
                                                 timeout=AGENT_SYNC_TIMEOUT)
             r = await asyncio.wait_for(client.sync_after_restore(), AGENT_SYNC_TIMEOUT)
             log.info("agent synced", extra={"vm": s.id, "generation": r.get("generation")})
+            if s.net:
+                # the guest's NIC is a new one: its MAC, a lease from its new passt
+                mac = ":".join(s.net["mac"][i:i + 2] for i in range(0, 12, 2))
+                out = await asyncio.wait_for(client.run(["/run/vmmd/net", "restored", mac]),
+                                             AGENT_SYNC_TIMEOUT)
+                if out.code != 0:
+                    raise RuntimeError(f"the guest's network did not come back ({out.exit}): "
+                                       f"{(out.stdout + out.stderr).decode()[-500:]}")
         except Exception as e:  # noqa: BLE001 - reported, the MicroVM runs on
             self._event(s, "WARNING", s.state, s.state,
                         f"the guest agent did not sync after restore ({e}): the guest clock "

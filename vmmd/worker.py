@@ -5,9 +5,11 @@ A worker is forked from the zygote (vmmd/zygote.py) and runs `main(conf, fd)`:
      given (close_range), names itself;
   2. listens on <vm dir>/worker.sock (so a restarted daemon can re-attach: the socketpair fd it
      was born with dies with the old daemon);
-  3. restores the VM from the top of its snapshot chain, installs the seccomp filter (TSYNC),
-     starts the vCPUs and reports "running" with its timings;
-  4. serves requests (pause, resume, snapshot, stats, stop) until told to exit.
+  3. with a network, starts the MicroVM's passt (vmmd.net); restores the VM from the top of its
+     snapshot chain, applies the egress policy, installs the seccomp filter (TSYNC), starts the
+     vCPUs and reports "running" with its timings (and its MAC and port forwards);
+  4. serves requests (pause, resume, snapshot, stats, net_policy, net_stats, stop) until told
+     to exit.
 
 Messages are length-prefixed msgpack maps (vmmd/wire.py):
   daemon -> worker  {"id": n, "op": "...", ...}
@@ -57,19 +59,24 @@ def inspect_snapshot(directory: str) -> dict:
             "pages": info.pages, "depth": info.depth}
 
 
-def devices_of(config: dict | None, vm_dir: str = "", rootfs: str = "") -> tuple:
+def devices_of(config: dict | None, vm_dir: str = "", rootfs: str = "",
+               mac: bytes | None = None) -> tuple:
     """The native device list an image's device configuration stands for (a Linux MicroVM's
-    files, its disk layer and vsock socket, in its directory)."""
+    files, its disk layer, vsock socket and NIC backend, in its directory)."""
     config = config or {}
     if config.get("debug"):
         return (native.Device(native.DeviceType.DEBUG), native.Device(native.DeviceType.TESTDEV))
     if config.get("linux"):
         from .microvm import linux_devices
-        return linux_devices(os.uname().machine, vm_dir, rootfs or None)
+        if config.get("net") and mac is None:
+            raise native.VmmError(errno.EINVAL, "the image has a network: the worker needs "
+                                  "its MAC and policy (conf['network'])")
+        return linux_devices(os.uname().machine, vm_dir, rootfs or None,
+                             mac=mac if config.get("net") else None)
     return ()
 
 
-def _restore(conf: dict) -> native.VM:
+def _restore(conf: dict, mac: bytes | None = None) -> native.VM:
     """Restores the VM at the top of the chain, with the image's devices passed explicitly."""
     backend = {"mmap": native.Backend.MMAP, "uffd": native.Backend.UFFD}[conf["backend"]]
     if (conf.get("devices") or {}).get("linux"):
@@ -86,7 +93,8 @@ def _restore(conf: dict) -> native.VM:
             else:
                 os.rename(overlay, f"{overlay}.orphaned-{int(time.time())}")
     kw = {"track_dirty": True,
-          "devices": devices_of(conf.get("devices"), conf.get("vm_dir", ""), conf.get("rootfs"))}
+          "devices": devices_of(conf.get("devices"), conf.get("vm_dir", ""), conf.get("rootfs"),
+                                mac)}
     if conf.get("working_set") and backend == native.Backend.UFFD:
         kw["working_set"] = conf["working_set"]
     if conf.get("root"):
@@ -109,6 +117,7 @@ class Worker:
         self.timings: dict[str, float] = {}
         self.serial_lock = threading.Lock()
         self.serial_file = None
+        self.passt = None
 
     # --- links to the daemon ---
 
@@ -173,21 +182,42 @@ class Worker:
 
     def launch(self) -> None:
         t0 = time.monotonic()
-        self.vm = _restore(self.conf)
+        netconf = self.conf.get("network")
+        mac = None
+        if netconf:
+            from . import net
+            # passt is this worker's child, in its cgroup; it serves the one connection the NIC
+            # makes and exits when the VM closes it (or this worker dies)
+            self.passt = net.Passt(self.dir, tuple(netconf.get("expose", ()))).start()
+            mac = bytes.fromhex(netconf["mac"])
+        tn = time.monotonic()
+        self.vm = _restore(self.conf, mac)
+        if netconf:
+            self._set_policy(netconf["rules"], netconf["default_allow"])
         t1 = time.monotonic()
-        seccomp.install(self.conf.get("seccomp", "enforce"))
+        seccomp.install(self.conf.get("seccomp", "enforce"),
+                        children=(self.passt.proc.pid,) if self.passt else ())
         t2 = time.monotonic()
         self.vm.start()
         t3 = time.monotonic()
-        self.timings = {"isolate_s": self.conf.get("isolate_s", 0.0), "restore_s": t1 - t0,
-                        "seccomp_s": t2 - t1, "start_s": t3 - t2,
+        self.timings = {"isolate_s": self.conf.get("isolate_s", 0.0), "net_s": tn - t0,
+                        "restore_s": t1 - tn, "seccomp_s": t2 - t1, "start_s": t3 - t2,
                         "spawned_at": self.conf.get("spawned_at", 0.0)}
         threading.Thread(target=self._wait_vm, name="vm-wait", daemon=True).start()
         threading.Thread(target=self._drain_serial, name="serial", daemon=True).start()
         fault = self.conf.get("fault")
         if fault:
             threading.Thread(target=self._fault, args=(fault,), daemon=True).start()
-        self.emit({"event": "running", "timings": self.timings})
+        running = {"event": "running", "timings": self.timings}
+        if self.passt:
+            running["net"] = {"mac": mac.hex(),
+                              "forwards": [[g, h] for h, g in self.passt.forwards.items()]}
+        self.emit(running)
+
+    def _set_policy(self, rules: list, default_allow: bool) -> None:
+        self.vm.net_set_policy(0, [native.NetRule(network=r["network"], proto=r["proto"],
+                                                  ports=tuple(r["ports"]), allow=r["allow"])
+                                   for r in rules], bool(default_allow))
 
     def _wait_vm(self) -> None:
         try:
@@ -254,6 +284,12 @@ class Worker:
             st.update(state=self.state_name(), rss=rss_pages * os.sysconf("SC_PAGE_SIZE"),
                       maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
             return st
+        if op == "net_policy":
+            self._set_policy(msg["rules"], msg["default_allow"])
+            return {}
+        if op == "net_stats":
+            import dataclasses
+            return dataclasses.asdict(vm.net_stats(0))
         if op == "stop":
             self.exit_after_reply = True
             return {"state": self.state_name()}
@@ -290,6 +326,8 @@ class Worker:
                 pass
             with self.serial_lock:
                 vm.close()
+        if self.passt is not None:
+            self.passt.stop()        # it is leaving already: the NIC's connection closed
         for name in ("worker.sock",):
             try:
                 os.unlink(os.path.join(self.dir, name))

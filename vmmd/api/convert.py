@@ -47,7 +47,26 @@ def microvm(s, has_agent: bool) -> microvms_pb2.MicroVM:
         snapshot_depth=len(s.chain), has_agent=has_agent)
     if s.state == "SUSPENDED":
         m.expires_at.CopyFrom(ts(s.state_since + p["retention_s"]))
+    n = s.spec.get("network")
+    if n:
+        live = s.net if s.state not in ("SUSPENDED", "TERMINATED") else None
+        m.network.CopyFrom(microvms_pb2.NetworkInfo(
+            mac=":".join(live["mac"][i:i + 2] for i in range(0, 12, 2)) if live else "",
+            egress=egress_pb(n["egress"]),
+            ports=[microvms_pb2.PortForward(guest_port=g, host_port=h)
+                   for g, h in (live or {}).get("forwards", [])] or
+                  [microvms_pb2.PortForward(guest_port=g) for g in n["expose"]]))
     return m
+
+
+def egress_pb(d: dict) -> microvms_pb2.EgressPolicy:
+    return microvms_pb2.EgressPolicy(deny_by_default=d["default"] == "deny", allow=d["allow"],
+                                     deny=d["deny"], no_dns=not d["dns"])
+
+
+def egress_dict(e: microvms_pb2.EgressPolicy) -> dict:
+    return {"default": "deny" if e.deny_by_default else "allow", "allow": list(e.allow),
+            "deny": list(e.deny), "dns": not e.no_dns}
 
 
 def image(img: dict, users: int) -> images_pb2.Image:

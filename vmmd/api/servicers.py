@@ -3,6 +3,7 @@ domain exceptions, mapped to status codes by vmmd/api/server.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from ..errors import (FailedPrecondition, InvalidArgument, NotFound, Unavailable,
@@ -48,7 +49,7 @@ class ImageService:
             src = req.snapshot
             d = {"snapshot_dir": src.snapshot_dir, "kernel": src.kernel, "initrd": src.initrd,
                  "rootfs": src.rootfs, "working_set": src.working_set,
-                 "devices": {k: True for k in ("debug", "linux")
+                 "devices": {k: True for k in ("debug", "linux", "net")
                              if getattr(src.devices, k)},
                  "agent": cv.agent_dict(src.agent) if src.agent.present else {}}
             img = await self.m.register_image_from_dir(req.name, d, dict(req.labels))
@@ -101,9 +102,16 @@ class MicroVMService:
                          if idle.HasField("suspended_retention") else None),
             max_runtime_s=cv.seconds(req.max_runtime) if req.HasField("max_runtime") else None,
             env=dict(req.env), labels=dict(req.labels))
+        if req.HasField("network"):
+            spec = dataclasses.replace(spec, network={
+                "egress": cv.egress_dict(req.network.egress),
+                "expose": list(req.network.expose_ports)})
         if len(req.request_id) > 128:
             raise InvalidArgument("request_id is over 128 characters")
         return self._pb(await self.m.launch(spec, req.request_id))
+
+    async def SetEgress(self, req, ctx):
+        return self._pb(await self.m.set_egress(_id(req.microvm_id), cv.egress_dict(req.egress)))
 
     async def Get(self, req, ctx):
         return self._pb(self.m.get(_id(req.microvm_id)))
@@ -232,9 +240,18 @@ class MicroVMService:
             raise InvalidArgument("the first ConnectRequest must be start (microvm_id, port)")
         if not 0 < first.start.port < 65536:
             raise InvalidArgument(f"port {first.start.port}: use 1..65535")
-        s, client = await self._agent(first.start.microvm_id)
-        async with agent_bridge.errors_mapped():
-            reader, writer = await client.port_forward(first.start.port)
+        client = None
+        if first.start.network:
+            s, host_port = await self.m.network_port(_id(first.start.microvm_id), first.start.port)
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", host_port)
+            except OSError as e:
+                raise Unavailable(f"guest port {first.start.port} through the network: {e}; "
+                                  "is the guest listening on it?") from None
+        else:
+            s, client = await self._agent(first.start.microvm_id)
+            async with agent_bridge.errors_mapped():
+                reader, writer = await client.port_forward(first.start.port)
 
         async def pump_in():
             async for m in req_iter:
@@ -247,11 +264,13 @@ class MicroVMService:
         pump = asyncio.get_running_loop().create_task(pump_in())
         try:
             while data := await reader.read(65536):
+                s.last_activity = time.time()
                 yield microvms_pb2.ConnectResponse(data=data)
         finally:
             pump.cancel()
             writer.close()
-            await client.close()
+            if client is not None:
+                await client.close()
 
     async def WatchEvents(self, req, ctx):
         vm_id = req.microvm_id
