@@ -519,11 +519,14 @@ class Agent:
         return list((await self._call({"op": "thaw"}))["thawed"])
 
     async def sync_after_restore(self, time_ns: int | None = None,
-                                 entropy: bytes | None = None) -> dict:
+                                 entropy: bytes | None = None, reset_tcp: bool = False) -> dict:
         """After a restore: set the guest clock (default: now), add entropy (default: 64
-        random bytes) and reseed, bump the generation. {generation, clock_set, ...}"""
+        random bytes) and reseed, bump the generation; with `reset_tcp`, end the guest's TCP
+        connections through its NIC (their backend is gone). {generation, clock_set, ...}"""
         req = {"op": "sync", "time_ns": time.time_ns() if time_ns is None else time_ns,
                "entropy": os.urandom(64) if entropy is None else entropy}
+        if reset_tcp:
+            req["reset_tcp"] = True
         msg = await self._call(req)
         msg.pop("t")
         return msg

@@ -178,7 +178,7 @@ class MicroVM:
     async def after_restore(self) -> dict:
         """What a restored copy needs before it serves: the guest's clock and entropy, and its
         network (this copy's MAC, a new lease from its own passt)."""
-        sync = await self.agent.sync_after_restore()
+        sync = await self.agent.sync_after_restore(reset_tcp=self.network is not None)
         if self.network:
             r = await self.agent.run(["/run/vmmd/net", "restored", net.mac_text(self.network.mac)])
             if r.code != 0:

@@ -59,6 +59,9 @@ class Entry:
         head, sep, rest = s.partition(":")
         if sep and head.lower() in PROTOCOLS:
             proto, s = head.lower(), rest
+        if s.count(":") > 1:
+            raise PolicyError(f"egress entry {text!r}: IPv6 is not supported yet (the guest's "
+                              "network is IPv4 only); write an IPv4 address, CIDR or host name")
         dest, sep, ports = s.partition(":")
         lo = hi = 0
         if sep:

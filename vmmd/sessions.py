@@ -816,7 +816,8 @@ class Manager:
         try:
             client = await agent_bridge.connect(self.agent_socket(s), agent,
                                                 timeout=AGENT_SYNC_TIMEOUT)
-            r = await asyncio.wait_for(client.sync_after_restore(), AGENT_SYNC_TIMEOUT)
+            r = await asyncio.wait_for(client.sync_after_restore(reset_tcp=bool(s.net)),
+                                       AGENT_SYNC_TIMEOUT)
             log.info("agent synced", extra={"vm": s.id, "generation": r.get("generation")})
             if s.net:
                 # the guest's NIC is a new one: its MAC, a lease from its new passt

@@ -33,10 +33,11 @@ INIT = pathlib.Path(__file__).with_name("init.sh")
 NET = pathlib.Path(__file__).with_name("net.sh")
 # virtio_mmio: the transport (ACPI LNRO0005 on x86_64, FDT virtio,mmio on arm64); virtio_blk:
 # the root disk; vmw_vsock_virtio_transport: AF_VSOCK for the agent; virtio_rng: host entropy;
-# virtio_net: the NIC (docs/network.md).
+# virtio_net: the NIC; tcp_diag: the agent ends stale TCP connections after a restore
+# (docs/network.md).
 # ext4, crc32c, the serial consoles and devtmpfs are built into the cloud kernels.
 DEFAULT_MODULES = ("virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtio_rng",
-                   "virtio_net")
+                   "virtio_net", "tcp_diag")
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = b"root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"
 

@@ -117,6 +117,10 @@ int op_sync(struct conn *c, const struct msg *m);
 int op_hooks_set(struct conn *c, const struct msg *m);
 int op_hook(struct conn *c, const struct msg *m);
 
+/* tcpreset.c: destroys the guest's non-loopback TCP connections (after a restore); returns
+ * how many, or -errno with a message in err */
+int tcp_reset_all(char *err, size_t cap);
+
 /* exec.c, for hooks: parse argv/env/cwd/user of an exec-kind action; envp is complete */
 int exec_parse_action(struct conn *c, const msgpack_object *map, char ***argv, char ***envp,
                       char *cwd, size_t cwdcap, struct user *user, bool *has_user);
