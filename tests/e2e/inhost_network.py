@@ -12,30 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
 import os
 import platform
 import shutil
-import socket
-import socketserver
-import struct
-import subprocess
-import threading
 import time
 import urllib.request
 
 import pytest
 
+from netpeer import FILES_PORT, GATEWAY, OTHER_PORT, WORLD, Counting, Dns, World
 from vmmd.microvm import LinuxSpec, MicroVM, NetOptions
 from vmmd.net import EgressPolicy
 
 pytestmark = pytest.mark.timeout(900)
 ARCH = platform.machine()
-GATEWAY = "10.0.2.2"            # hosts/init.sh: dummy0 10.0.2.15/24, default via 10.0.2.2
-WORLD = "198.51.100.7"          # TEST-NET-2, added to this host below
-FILES_PORT, OTHER_PORT, GUEST_HTTP = 8080, 8081, 8000
-BLOB = os.urandom(50 << 20)
-NAMES = {b"files.vmmd.test": GATEWAY, b"world.vmmd.test": WORLD}
+GUEST_HTTP = 8000
 
 if not os.environ.get("VMMD_IN_HOST") or not os.environ.get("VMMD_GUEST_KERNEL"):
     pytest.skip("runs inside an emulated KVM host, started by tests/e2e/test_network.py",
@@ -46,88 +37,15 @@ def metric(name: str, value) -> None:
     print(f"\nvmmd-net: {ARCH} {name} {value}", flush=True)
 
 
-def tool(*argv: str) -> None:
-    exe = shutil.which(argv[0])
-    cmd = [exe, *argv[1:]] if exe else ["busybox", *argv]
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
 def run(coro, timeout: float = 300):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-# ---------- the host side: DNS and HTTP on this host ----------
-
-class Counting(http.server.SimpleHTTPRequestHandler):
-    hits: dict[int, int] = {}
-
-    def do_GET(self):
-        port = self.server.server_address[1]
-        Counting.hits[port] = Counting.hits.get(port, 0) + 1
-        if self.path == "/slow":       # a download that never ends: a byte every 0.2 s
-            self.send_response(200)
-            self.send_header("Content-Length", str(1 << 30))
-            self.end_headers()
-            try:
-                while True:
-                    self.wfile.write(b".")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:
-                return
-        body = BLOB if self.path == "/blob" else f"port {port}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
-class Dns(socketserver.BaseRequestHandler):
-    """A records for NAMES, NXDOMAIN for anything else: enough for busybox's nslookup/wget."""
-    queries = 0
-
-    def handle(self):
-        data, sock = self.request
-        Dns.queries += 1
-        qid, _flags, qd = struct.unpack(">HHH", data[:6])
-        i, labels = 12, []
-        while data[i]:
-            labels.append(data[i + 1:i + 1 + data[i]])
-            i += 1 + data[i]
-        qtype = struct.unpack(">H", data[i + 1:i + 3])[0]
-        question = data[12:i + 5]
-        addr = NAMES.get(b".".join(labels).lower())
-        if addr and qtype == 1:
-            answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(addr)
-            head = struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0)
-        else:
-            answer = b""
-            head = struct.pack(">HHHHHH", qid, 0x8183 if not addr else 0x8180, 1, 0, 0, 0)
-        sock.sendto(head + question + answer, self.client_address)
-
-
-def serve(server) -> None:
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture(scope="module")
 def world():
-    tool("ip", "addr", "add", f"{WORLD}/32", "dev", "dummy0")
-    # passt relays DNS to the host's resolver (resolv.conf): ours, on this host's loopback
-    with open("/tmp/resolv.conf", "w") as f:
-        f.write("nameserver 127.0.0.1\n")
-    tool("mount", "--bind", "/tmp/resolv.conf", "/etc/resolv.conf")
-    servers = [http.server.ThreadingHTTPServer(("0.0.0.0", p), Counting)
-               for p in (FILES_PORT, OTHER_PORT)]
-    servers.append(socketserver.UDPServer(("127.0.0.1", 53), Dns))
-    for s in servers:
-        serve(s)
-    yield
-    for s in servers:
-        s.shutdown()
+    w = World()
+    yield w
+    w.stop()
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +106,7 @@ def test_guest_downloads_50_mib_from_the_host_intact(vm):
                    timeout=600)
     took = time.monotonic() - t0
     assert code == 0, out
-    assert out.split()[0] == hashlib.sha256(BLOB).hexdigest()
+    assert out.split()[0] == hashlib.sha256(Counting.blob).hexdigest()
     metric("download_50MiB_s", round(took, 2))
     metric("download_MiB_per_s", round(50 / took, 1))
 
