@@ -73,6 +73,9 @@ CASES = [
     ("build from a Dockerfile", lambda d, c: list(d.images.BuildImage(ipb.BuildImageRequest())), C.UNIMPLEMENTED, "register a snapshot"),
     ("malformed request bytes", raw("/vmmd.v1.MicroVMService/Get", b"\x0a\xff\xff\xff"), C.INVALID_ARGUMENT, "not a valid vmmd.v1.GetRequest"),
     ("oversized request", raw("/vmmd.v1.MicroVMService/Get", b"\x0a\x80\x80\x80\x05" + b"x" * (10 << 20)), C.RESOURCE_EXHAUSTED, "larger than max"),
+    ("network options for an image without a NIC", launch(network=mpb.NetworkOptions(expose_ports=[80])), C.FAILED_PRECONDITION, "has no network (DeviceConfig.net)"),
+    ("egress for a microvm without a NIC", on("SetEgress", lambda c: mpb.SetEgressRequest(microvm_id=c["vm"])), C.FAILED_PRECONDITION, "registered without DeviceConfig.net"),
+    ("connect through an unexposed port", lambda d, c: list(d.vms.Connect(iter([mpb.ConnectRequest(start=mpb.ConnectStart(microvm_id=c["vm"], port=80, network=True))]))), C.FAILED_PRECONDITION, "is not exposed"),
     ("host full", launch(), C.RESOURCE_EXHAUSTED, "MiB memory asked, 72 MiB free"),
 ]
 

@@ -24,7 +24,8 @@ GUEST_CID = 3
 
 def qemu_command(arch: str, kernel: str, initrd: str, *, cid: int = GUEST_CID, mem_mb: int = 256,
                  cpus: int = 2, disk: str | None = None, console: str, qmp: str | None = None,
-                 append: str = "", incoming: str | None = None) -> list[str]:
+                 append: str = "", incoming: str | None = None,
+                 net_socket: str | None = None) -> list[str]:
     if arch == "x86_64":
         # no PIC/PIT: the guest uses the LAPIC timer and kvmclock; no PCI at all on microvm
         cmd = ["qemu-system-x86_64", "-M", "microvm,acpi=on,pit=off,pic=off,rtc=on",
@@ -38,6 +39,8 @@ def qemu_command(arch: str, kernel: str, initrd: str, *, cid: int = GUEST_CID, m
     cmdline = f"console={tty} quiet loglevel=4 panic=-1 {append}"
     if disk:
         cmdline += " root=/dev/vda"
+    if net_socket:
+        cmdline += " vmmd.net=dhcp"
     cmd += ["-accel", "kvm", "-smp", str(cpus), "-m", str(mem_mb), "-nodefaults",
             "-no-user-config", "-nographic", "-no-reboot", "-serial", f"file:{console}",
             "-kernel", kernel, "-initrd", initrd, "-append", cmdline.strip(),
@@ -45,6 +48,9 @@ def qemu_command(arch: str, kernel: str, initrd: str, *, cid: int = GUEST_CID, m
     if disk:
         cmd += ["-drive", f"id=root,file={disk},format=raw,if=none",
                 "-device", "virtio-blk-device,drive=root"]
+    if net_socket:     # passt's socket, as vmmd's NIC uses it (docs/network.md)
+        cmd += ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={net_socket}",
+                "-device", "virtio-net-device,netdev=n0"]
     if qmp:
         cmd += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     if incoming:
@@ -58,8 +64,12 @@ class QemuGuest:
     vmm = "qemu"
 
     def __init__(self, arch: str, kernel: str, initrd: str, *, disk: str | None = None,
-                 workdir: str | None = None, **kw):
+                 workdir: str | None = None, expose: tuple[int, ...] | None = None, **kw):
+        """expose: a NIC behind a passt of its own (None: no NIC), these guest ports forwarded
+        to the host's loopback (`host_port`)."""
         self.arch = arch
+        self.expose = expose
+        self.passt = None
         self.kernel, self.initrd, self.disk = kernel, initrd, disk
         self.workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="guest-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -72,9 +82,14 @@ class QemuGuest:
     def start(self, incoming: str | None = None) -> None:
         """Boots, or with `incoming` ("exec:cat FILE") restores what save() wrote."""
         self.qmp_path.unlink(missing_ok=True)
+        net_socket = None
+        if self.expose is not None:
+            from vmmd.net import Passt
+            self.passt = Passt(self.workdir, self.expose).start()
+            net_socket = str(self.passt.socket)
         cmd = qemu_command(self.arch, self.kernel, self.initrd, disk=self.disk,
                            console=str(self.console), qmp=str(self.qmp_path), incoming=incoming,
-                           **self.kw)
+                           net_socket=net_socket, **self.kw)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
@@ -97,8 +112,14 @@ class QemuGuest:
         """The QEMU process's resident and private memory, bytes (smaps_rollup)."""
         return smaps_rollup(self.proc.pid)
 
+    def host_port(self, guest_port: int) -> int:
+        return {g: h for h, g in self.passt.forwards.items()}[guest_port]
+
     def stop(self) -> str:
-        """Kills QEMU; returns what it printed."""
+        """Kills QEMU (and its passt); returns what it printed."""
+        if self.passt:
+            self.passt.stop()
+            self.passt = None
         if self.proc is None:
             return ""
         if self.proc.poll() is None:
@@ -169,23 +190,29 @@ class VmmdGuest:
     vmm = "vmmd"
 
     def __init__(self, arch: str, kernel: str, initrd: str, *, disk: str | None = None,
-                 workdir: str | None = None, cpus: int = 2, mem_mb: int = 256):
-        from vmmd.microvm import LinuxSpec
+                 workdir: str | None = None, cpus: int = 2, mem_mb: int = 256,
+                 expose: tuple[int, ...] | None = None, egress=None):
+        """expose: a NIC (None: none) with these guest ports forwarded to the host; egress: its
+        policy (default: allow all but the protected ranges)."""
+        from vmmd.microvm import LinuxSpec, NetOptions
+        from vmmd.net import EgressPolicy
         self.arch, self.kernel, self.initrd, self.disk = arch, kernel, initrd, disk
-        self.spec = LinuxSpec(arch, kernel, initrd, disk, vcpus=cpus, mem_mib=mem_mb)
+        self.spec = LinuxSpec(arch, kernel, initrd, disk, vcpus=cpus, mem_mib=mem_mb,
+                              net=expose is not None)
+        self.net = None if expose is None else NetOptions(egress or EgressPolicy(), tuple(expose))
         self.workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="guest-"))
         self.mvm = None
         self.started = 0.0
 
     def start(self) -> None:
         from vmmd.microvm import MicroVM
-        self.mvm = MicroVM.boot(self.spec, self.workdir)
+        self.mvm = MicroVM.boot(self.spec, self.workdir, self.net)
         self.started = self.mvm.started
 
     def restore(self, snapshot: str) -> None:
         from vmmd.microvm import MicroVM
         self.started = time.monotonic()
-        self.mvm = MicroVM.restore(snapshot, self.spec, self.workdir)
+        self.mvm = MicroVM.restore(snapshot, self.spec, self.workdir, network=self.net)
 
     @property
     def agent(self):
@@ -193,6 +220,9 @@ class VmmdGuest:
 
     def alive(self) -> bool:
         return self.mvm is not None and self.mvm.alive()
+
+    def host_port(self, guest_port: int) -> int:
+        return self.mvm.host_port(guest_port)
 
     def memory(self) -> dict[str, int]:
         """This process's resident and private memory (the caller takes a difference)."""
