@@ -67,8 +67,62 @@ def vsock_seeds():
     return out
 
 
+def eth(ethertype, payload, dst=b"\x02\x99\x99\x99\x99\x99", src=b"\x02\x00\x00\x00\x00\x01"):
+    return dst + src + struct.pack(">H", ethertype) + payload
+
+
+def ip4(dst, proto, l4, frag=0):
+    hdr = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, frag, 64, proto, 0,
+                      bytes([10, 0, 2, 15]), bytes(dst))
+    return eth(0x0800, hdr + l4)
+
+
+def tcp(sport, dport, flags, payload=b""):
+    return struct.pack(">HHIIBBHHH", sport, dport, 0x11223344, 0, 5 << 4, flags, 64240, 0, 0) + payload
+
+
+def udp(sport, dport, payload):
+    return struct.pack(">HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def net_seeds():
+    out = {}
+    arp = eth(0x0806, bytes(28), dst=b"\xff" * 6)
+    syn = ip4([10, 1, 2, 3], 6, tcp(40000, 80, 0x02))
+    dns = ip4([192, 0, 2, 1], 17, udp(40000, 53, b"q" * 20))
+    dhcp = ip4([255, 255, 255, 255], 17, udp(68, 67, bytes(240)))
+    frag = ip4([192, 0, 2, 1], 17, bytes(64), frag=100)
+
+    # filter alone: byte 0 odd (bit 1 the default), rule count, 12-byte rules, the frame
+    def rules(*rs):
+        return bytes([len(rs)]) + b"".join(
+            struct.pack(">IBBHHBB", a, p, pr, lo, hi, allow, 0) for a, p, pr, lo, hi, allow in rs)
+    out["filter_syn_denied"] = b"\x01" + rules((10 << 24, 8, 0, 0, 0, 0)) + syn
+    out["filter_ports"] = b"\x03" + rules((0xc0000200, 24, 6, 80, 443, 1),
+                                           (0xc0000200, 24, 17, 53, 53, 0)) + dns
+    out["filter_fragment"] = b"\x01" + rules((0xc0000200, 24, 17, 1, 65535, 1)) + frag
+    out["filter_dhcp_arp"] = b"\x01" + rules() + dhcp
+
+    # the device: byte 0 even, byte 1 policy, records of kind, u16 length, bytes
+    def rec(kind, data=b"", length=None):
+        return bytes([kind]) + struct.pack("<H", len(data) if length is None else length) + data
+
+    def framed(*frames):
+        return b"".join(struct.pack(">I", len(f)) + f for f in frames)
+    out["device_both_ways"] = b"\x00\x00" + b"".join([
+        rec(3, length=2048), rec(3, length=2048), rec(0, arp), rec(1, dns), rec(0, syn),
+        rec(2, framed(arp, dns)), rec(16, b"")])
+    out["device_hostile"] = b"\x00\x01" + b"".join([
+        rec(3, length=40), rec(2, framed(dns)), rec(5, dns), rec(0, b"short"),
+        rec(11, length=4096), rec(2, struct.pack(">I", 0))])
+    out["device_split_stream"] = b"\x00\x01" + b"".join([
+        rec(3, length=4096), rec(2, framed(dns)[:7]), rec(2, framed(dns)[7:]),
+        rec(0, dhcp), rec(16, b"")])
+    return out
+
+
 def main():
-    for name, seeds in (("virtq", virtq_seeds()), ("vsock", vsock_seeds())):
+    for name, seeds in (("virtq", virtq_seeds()), ("vsock", vsock_seeds()), ("net", net_seeds())):
         d = HERE / "corpus" / name
         d.mkdir(parents=True, exist_ok=True)
         for k, v in seeds.items():

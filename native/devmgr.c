@@ -31,6 +31,7 @@ static const struct dev_type types[] = {
     {VMM_DEV_VIRTIO_RNG, "virtio-rng", &virtio_rng_ops},
     {VMM_DEV_VIRTIO_BLK, "virtio-blk", &virtio_blk_ops},
     {VMM_DEV_VIRTIO_VSOCK, "virtio-vsock", &virtio_vsock_ops},
+    {VMM_DEV_VIRTIO_NET, "virtio-net", &virtio_net_ops},
 };
 
 static const struct dev_type *find_type(int type)

@@ -673,6 +673,39 @@ int vmm_serial_fd(struct vmm *vm)
     return r;
 }
 
+/* ---------- virtio-net: the host's side ---------- */
+
+static struct device *net_device(struct vmm *vm, unsigned int id)
+{
+    struct device *d = devmgr_find(&vm->dm, VMM_DEV_VIRTIO_NET, id);
+    if (!d)
+        vmm_err(ENODEV, "the VM has no virtio-net device with id %u", id);
+    return d;
+}
+
+int vmm_net_set_policy(struct vmm *vm, unsigned int id, const struct vmm_net_policy *p)
+{
+    int r = vm_enter(vm);
+    if (r)
+        return r;
+    struct device *d = net_device(vm, id);
+    r = d ? virtio_net_set_policy(d, p) : -ENODEV;
+    vm_leave(vm);
+    return r;
+}
+
+int vmm_net_stats(struct vmm *vm, unsigned int id, struct vmm_net_stats *out)
+{
+    int r = vm_enter(vm);
+    if (r)
+        return r;
+    struct device *d = net_device(vm, id);
+    if (d)
+        virtio_net_stats(d, out);
+    vm_leave(vm);
+    return d ? 0 : -ENODEV;
+}
+
 /* ---------- host access to guest memory ---------- */
 
 static int host_offset(struct vmm *vm, uint64_t gpa, uint64_t len, uint64_t *off)

@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import errno as _errno
 import importlib
+import ipaddress
 import os
 import threading
 import weakref
@@ -73,6 +74,55 @@ class Device:
     size: int = 0                    # blk: size cap in bytes
     cid: int = 0                     # vsock: guest context id
     read_only: bool = False
+    mac: bytes | None = None         # net: the guest's MAC, 6 bytes (a restore offers this one)
+    mtu: int = 0                     # net: offered to the guest, 68..65535, 0 = 1500
+
+
+_PROTOS = {0: "any", 1: "ICMP", 6: "TCP", 17: "UDP"}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetRule:
+    """One egress rule of a virtio-net device: the first rule matching a frame's destination
+    decides (docs/virtio.md). `network` is a CIDR ("10.0.0.0/8", "192.0.2.7/32"); `proto` 0
+    (any), 1 (ICMP), 6 (TCP) or 17 (UDP); `ports` an inclusive destination port range, (0, 0)
+    for any (TCP and UDP only)."""
+    network: str
+    proto: int = 0
+    ports: tuple[int, int] = (0, 0)
+    allow: bool = dataclasses.field(kw_only=True)
+
+    def __post_init__(self):
+        try:
+            net = ipaddress.IPv4Network(self.network, strict=True)
+        except ValueError as e:
+            raise ValueError(f"NetRule network {self.network!r}: {e}; give an IPv4 CIDR such "
+                             "as '10.0.0.0/8' (host bits zero)") from None
+        object.__setattr__(self, "_net", net)
+        if self.proto not in _PROTOS:
+            raise ValueError(f"NetRule proto {self.proto!r}: use 0 (any), 1 (ICMP), 6 (TCP) "
+                             "or 17 (UDP)")
+        if (not isinstance(self.ports, tuple) or len(self.ports) != 2
+                or not all(isinstance(p, int) for p in self.ports)):
+            raise ValueError(f"NetRule ports {self.ports!r}: give a tuple (lo, hi) of ints, "
+                             "(0, 0) for any")
+        lo, hi = self.ports
+        if not 0 <= lo <= hi <= 65535:
+            raise ValueError(f"NetRule ports {self.ports!r}: use 0 <= lo <= hi <= 65535")
+        if self.proto == 1 and self.ports != (0, 0):
+            raise ValueError("NetRule: ICMP has no ports; give ports=(0, 0)")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetStats:
+    tx_frames: int           # sent to the backend
+    tx_bytes: int
+    rx_frames: int           # delivered to the guest
+    rx_bytes: int
+    tx_denied: int           # refused by the egress policy
+    tx_dropped: int          # malformed, or the backend gone
+    rx_dropped: int          # larger than the guest's rx buffer
+    link_up: bool            # the backend is connected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +187,11 @@ def _devices(devices) -> tuple[object, list]:
         arr[i].size = d.size
         arr[i].cid = d.cid
         arr[i].read_only = int(d.read_only)
+        arr[i].mtu = d.mtu
+        if d.mac is not None:
+            if len(d.mac) != 6:
+                raise ValueError(f"device {d.type}.{d.id}: mac must be 6 bytes, not {len(d.mac)}")
+            arr[i].mac = list(d.mac)
         for field in ("path", "overlay"):
             if getattr(d, field) is not None:
                 p = ffi.new("char[]", _path(getattr(d, field)))
@@ -340,6 +395,34 @@ class VM:
     def save_working_set(self, path: str | os.PathLike) -> None:
         with self._use() as h:
             _check(lib.vmm_working_set_save(h, _path(path)))
+
+    def net_set_policy(self, id: int, rules, default_allow: bool) -> None:
+        """The egress policy of net device `id`: `rules` (NetRule) in order, the first match
+        decides, none: `default_allow`. Takes effect for the guest's next frame. Until it is
+        first set, a net device lets only ARP and DHCP out."""
+        rules = list(rules)
+        if len(rules) > lib.VMM_NET_MAX_RULES:
+            raise ValueError(f"{len(rules)} rules: at most {lib.VMM_NET_MAX_RULES}")
+        arr = ffi.new("struct vmm_net_rule[]", max(len(rules), 1))
+        for i, r in enumerate(rules):
+            if not isinstance(r, NetRule):
+                raise TypeError(f"rule {i} is a {type(r).__name__}, not a NetRule")
+            arr[i].addr = int(r._net.network_address)
+            arr[i].prefix = r._net.prefixlen
+            arr[i].proto = r.proto
+            arr[i].port_lo, arr[i].port_hi = r.ports
+            arr[i].allow = int(r.allow)
+        pol = ffi.new("struct vmm_net_policy *", {
+            "default_allow": int(default_allow), "nrules": len(rules), "rules": arr})
+        with self._use() as h:
+            _check(lib.vmm_net_set_policy(h, id, pol))
+
+    def net_stats(self, id: int) -> NetStats:
+        st = ffi.new("struct vmm_net_stats *")
+        with self._use() as h:
+            _check(lib.vmm_net_stats(h, id, st))
+        return NetStats(st.tx_frames, st.tx_bytes, st.rx_frames, st.rx_bytes, st.tx_denied,
+                        st.tx_dropped, st.rx_dropped, bool(st.link_up))
 
     def inject(self, what: int) -> None:
         """Test builds: provoke a failure (lib.VMM_INJECT_*)."""

@@ -12,6 +12,11 @@ extern const struct device_ops virtio_rng_ops;
 extern const struct device_ops virtio_blk_ops;
 extern const struct device_ops virtio_vsock_ops;
 void virtio_vsock_poll_host(struct device *d);   /* tests: serve host sockets now */
+extern const struct device_ops virtio_net_ops;
+void virtio_net_poll_backend(struct device *d);  /* tests: serve the backend socket now */
+/* Any thread (vm.c's vmm_net_*): the egress policy, copied; the counters. */
+int virtio_net_set_policy(struct device *d, const struct vmm_net_policy *p);
+void virtio_net_stats(struct device *d, struct vmm_net_stats *out);
 #ifdef VMM_TEST_BUILD
 extern const struct device_ops debugport_ops;
 extern const struct device_ops testdev_ops;

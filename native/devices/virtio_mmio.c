@@ -78,6 +78,17 @@ struct virtq *virtio_queue(struct virtio_dev *v, int i)
     return i >= 0 && i < v->ops->nqueues && v->live[i] ? &v->vq[i] : NULL;
 }
 
+void virtio_config_write(struct virtio_dev *v, uint32_t off, const void *data, uint32_t len)
+{
+    pthread_mutex_lock(&v->lock);
+    if (off <= VIRTIO_CONFIG_MAX && len <= VIRTIO_CONFIG_MAX - off)
+        memcpy(v->config + off, data, len);
+    v->r.config_gen++;
+    v->r.isr |= VIRTIO_ISR_CONFIG;
+    pthread_mutex_unlock(&v->lock);
+    raise_irq(v);
+}
+
 void virtio_notify_used(struct virtio_dev *v, struct virtq *q)
 {
     if (!virtq_should_notify(q))
@@ -272,12 +283,15 @@ int virtio_mmio_access(struct device *d, uint64_t off, uint8_t *data, uint32_t l
     struct virtio_dev *v = d->priv;
     (void)req;
     if (off >= VIRTIO_MMIO_CONFIG) {
-        /* config space: any width, read only (our devices' configs never change) */
+        /* config space: any width, read only for the guest; a device may change it
+         * (virtio_config_write), so it is read under the lock */
         uint64_t c = off - VIRTIO_MMIO_CONFIG;
         if (!is_write) {
             memset(data, 0, len);
+            pthread_mutex_lock(&v->lock);
             if (c < v->config_len && len <= v->config_len - c)
                 memcpy(data, v->config + c, len);
+            pthread_mutex_unlock(&v->lock);
         }
         return 0;
     }

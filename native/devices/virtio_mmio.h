@@ -65,7 +65,7 @@
 
 struct virtio_dev;
 struct virtio_ops {
-    uint32_t device_id;          /* 2 blk, 4 rng, 19 vsock */
+    uint32_t device_id;          /* 1 net, 2 blk, 4 rng, 19 vsock */
     uint64_t features;           /* offered besides VIRTIO_F_VERSION_1 (ring features too) */
     uint16_t nqueues;
     uint16_t queue_max;          /* QueueNumMax of every queue, a power of two <= VIRTQ_MAX_SIZE */
@@ -106,7 +106,8 @@ struct virtio_dev {
     uint64_t notify_addr;
     pthread_mutex_t lock;
     struct virtio_regs r;
-    uint8_t config[VIRTIO_CONFIG_MAX];   /* device config space, read only for the guest */
+    uint8_t config[VIRTIO_CONFIG_MAX];   /* device config space, read only for the guest;
+                                         * under `lock` once the device is running */
     uint32_t config_len;
     /* event loop thread only (and the host while the loop is parked) */
     struct virtq vq[VIRTIO_MAX_QUEUES];
@@ -128,6 +129,9 @@ int virtio_mmio_access(struct device *d, uint64_t off, uint8_t *data, uint32_t l
 struct virtq *virtio_queue(struct virtio_dev *v, int i);   /* NULL unless the queue is live */
 void virtio_notify_used(struct virtio_dev *v, struct virtq *q);   /* interrupt if wanted */
 void virtio_rekick(struct virtio_dev *v);                       /* come back for more work */
+/* Any thread: `len` bytes of the device's config space at `off` change (virtio-net's link
+ * status); the config generation moves and the guest gets a config-change interrupt. */
+void virtio_config_write(struct virtio_dev *v, uint32_t off, const void *data, uint32_t len);
 /* The guest broke the device: DEVICE_NEEDS_RESET, a config interrupt, no more queue work until
  * the driver resets it. `why` is kept for the host (virtio_broken_reason). */
 void virtio_set_broken(struct virtio_dev *v, const char *why);

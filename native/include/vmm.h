@@ -15,7 +15,7 @@
  * parse: no #include, no macros with expressions, no inline code.
  */
 
-#define VMM_ABI_VERSION 2
+#define VMM_ABI_VERSION 3
 
 #define VMM_MAX_VCPUS 16
 #define VMM_MAX_CONFIG_DEVICES 24
@@ -56,7 +56,7 @@ enum vmm_device_type {
     VMM_DEV_VIRTIO_BLK = 1,
     VMM_DEV_VIRTIO_VSOCK = 2,
     VMM_DEV_VIRTIO_RNG = 3,
-    VMM_DEV_VIRTIO_NET = 4,
+    VMM_DEV_VIRTIO_NET = 4,   /* egress filtered by vmm_net_set_policy (deny until set) */
     VMM_DEV_VMGENID = 5,      /* x86_64: a VM generation id the kernel reseeds from on restore */
     VMM_DEV_DEBUG = 100,      /* test builds: exit/mark/counter port */
     VMM_DEV_TESTDEV = 101     /* test builds: MMIO scratch, counters, doorbell + DMA */
@@ -65,11 +65,14 @@ enum vmm_device_type {
 struct vmm_device_config {
     int type;                  /* enum vmm_device_type */
     unsigned int id;           /* unique per type within the VM; names its vmstate section */
-    const char *path;          /* blk: the read-only base image; vsock: the host Unix socket */
+    const char *path;          /* blk: the read-only base image; vsock: the host Unix socket;
+                                * net: the backend's Unix stream socket (passt --socket) */
     const char *overlay;       /* blk: the VM's writable copy-on-write layer */
     unsigned long long size;   /* blk: the disk's size cap in bytes (at most 32 GiB) */
     unsigned long long cid;    /* vsock: the guest's context id (3 and up) */
     int read_only;             /* blk: no writable layer */
+    unsigned char mac[6];      /* net: the guest's MAC (a restore offers the new config's) */
+    unsigned int mtu;          /* net: offered to the guest, 68..65535, 0 = 1500 */
 };
 
 struct vmm_config {
@@ -182,6 +185,36 @@ int vmm_serial_write(struct vmm *vm, const void *buf, unsigned long long len);
 /* An eventfd that becomes readable when serial output is waiting (for poll/epoll/asyncio);
  * owned by the VM, valid until vmm_destroy. */
 int vmm_serial_fd(struct vmm *vm);
+
+/* virtio-net's egress policy: the first rule whose network (addr/prefix), protocol (0 any,
+ * 1 ICMP, 6 TCP, 17 UDP) and destination port range (0-0 any; TCP/UDP only) match a frame
+ * decides; none matches: default_allow. ARP and DHCP always pass, anything not IPv4 never does.
+ * Takes effect for the next frame the guest sends; the rules are copied. */
+struct vmm_net_rule {
+    unsigned int addr;         /* IPv4, host byte order */
+    unsigned int prefix;       /* 0..32 */
+    unsigned int proto;
+    unsigned int port_lo, port_hi;
+    int allow;
+};
+struct vmm_net_policy {
+    int default_allow;
+    unsigned int nrules;       /* at most VMM_NET_MAX_RULES */
+    const struct vmm_net_rule *rules;
+};
+#define VMM_NET_MAX_RULES 1024
+/* `id` is the net device's id in the configuration; -ENODEV when there is none. */
+int vmm_net_set_policy(struct vmm *vm, unsigned int id, const struct vmm_net_policy *p);
+
+struct vmm_net_stats {
+    unsigned long long tx_frames, tx_bytes;     /* sent to the backend */
+    unsigned long long rx_frames, rx_bytes;     /* delivered to the guest */
+    unsigned long long tx_denied;               /* refused by the policy */
+    unsigned long long tx_dropped;              /* malformed, or no backend */
+    unsigned long long rx_dropped;              /* larger than the guest's buffer */
+    int link_up;                                /* the backend is connected */
+};
+int vmm_net_stats(struct vmm *vm, unsigned int id, struct vmm_net_stats *out);
 
 /* Host access to guest memory. A read that cannot be served truthfully (memory file gone,
  * page server dead) fails; a write is tracked for diff snapshots. */

@@ -12,6 +12,12 @@
  *                 each time the host bumps `seq` it connects to the host's port `n` and sends
  *                 "hello from guest". results[0] = bytes echoed, [1] = connections ended,
  *                 [2] = transport resets seen, [3] = seq once its connection was answered.
+ *   MODE_NET      virtio-net (queues 0 rx, 1 tx): every frame received that is not a TCP reset
+ *                 for our last SYN is sent back with its Ethernet source set to the MAC in the
+ *                 config space (read each time: a restore may bring another) and its destination
+ *                 set to the frame's source. Each time the host bumps `seq`, a TCP SYN goes to
+ *                 IPv4 `n` (host order) port `seed` from port 40000 + seq. results[0] = frames
+ *                 echoed, [1] = their bytes, [2] = resets for our SYNs, [3] = seq once sent.
  *   MODE_SERVE    virtio-blk, driven by the host: each time it bumps `seq`, run `cmd` (CMD_WRITE:
  *                 write n sectors of the pattern of `seed` at sector 8 and flush; CMD_CHECK: read
  *                 them and count mismatches with that pattern), then results[0] = mismatches,
@@ -24,6 +30,7 @@
 #define MODE_BLK 3
 #define MODE_SERVE 4
 #define MODE_VSOCK 5
+#define MODE_NET 6
 #define CMD_WRITE 1
 #define CMD_CHECK 2
 
@@ -442,6 +449,125 @@ static void mode_vsock(void)
     }
 }
 
+/* ---------- virtio-net: an echo, and SYNs on request ---------- */
+
+#define NET_HDR 12
+#define NET_RXBUF 0x1000
+#define SYN_PORT_BASE 40000
+
+/* The next used element of queue q: its descriptor and length, or -1. */
+static int qtake_len(int q, u32 *len)
+{
+    if (qused(q)[1] == q_used[q])
+        return -1;
+    volatile u32 *e = (volatile u32 *)((u64)qused(q) + 4 + 8 * (q_used[q] % QSIZE));
+    u32 id = e[0];
+    *len = e[1];
+    q_used[q]++;
+    return (int)id;
+}
+
+static void net_post_rx(u16 i)
+{
+    struct desc *d = &qdesc(VQ_RX)[i];
+    d->addr = PKT + (u64)i * NET_RXBUF;
+    d->len = NET_RXBUF;
+    d->flags = 2;
+    d->next = 0;
+    qpublish(VQ_RX, i);
+}
+
+static void net_send(const volatile u8 *frame, u32 len)
+{
+    static u16 n;
+    u16 i = (u16)(n++ % QSIZE);
+    volatile u8 *b = (volatile u8 *)(PKT + 0x10000 + (u64)i * 0x1000);
+    for (u32 k = 0; k < NET_HDR; k++)
+        b[k] = 0;
+    for (u32 k = 0; k < len; k++)
+        b[NET_HDR + k] = frame[k];
+    struct desc *d = &qdesc(VQ_TX)[i];
+    d->addr = (u64)b;
+    d->len = NET_HDR + len;
+    d->flags = 0;
+    d->next = 0;
+    qpublish(VQ_TX, i);
+    while (qtake(VQ_TX) < 0)             /* the device takes it on its event loop */
+        ;
+}
+
+static void net_mac(volatile u8 *out)
+{
+    for (int i = 0; i < 6; i++)
+        out[i] = *(volatile u8 *)(VP->base + 0x100 + (u64)i);
+}
+
+static u16 be16(const volatile u8 *p) { return (u16)(p[0] << 8 | p[1]); }
+
+static void net_syn(u32 dst, u16 dport, u16 sport)
+{
+    volatile u8 *f = (volatile u8 *)(PKT + 0x30000);
+    for (int i = 0; i < 54; i++)
+        f[i] = 0;
+    for (int i = 0; i < 6; i++)
+        f[i] = 0x02;                     /* to the gateway's MAC (the backend ignores it) */
+    net_mac(f + 6);
+    f[12] = 0x08;
+    volatile u8 *ip = f + 14, *t = f + 34;
+    ip[0] = 0x45;
+    ip[3] = 40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12] = 10; ip[13] = 0; ip[14] = 2; ip[15] = 15;
+    ip[16] = (u8)(dst >> 24); ip[17] = (u8)(dst >> 16); ip[18] = (u8)(dst >> 8); ip[19] = (u8)dst;
+    t[0] = (u8)(sport >> 8); t[1] = (u8)sport;
+    t[2] = (u8)(dport >> 8); t[3] = (u8)dport;
+    t[4] = 0x11; t[5] = 0x22; t[6] = 0x33; t[7] = 0x44;
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    t[14] = 0xfa;
+    net_send(f, 54);
+}
+
+static void mode_net(void)
+{
+    if (setup(1u << 5 | 1u << 16, 2) != 0xf)
+        guest_exit(1000);
+    for (u16 i = 0; i < 8; i++)
+        net_post_rx(i);
+    mark(0x4e00);                        /* the driver is up */
+    u64 seen = 0;
+    u16 syn_port = 0;
+    for (;;) {
+        u32 len;
+        int id = qtake_len(VQ_RX, &len);
+        if (id >= 0 && len > NET_HDR + 14) {
+            volatile u8 *f = (volatile u8 *)(PKT + (u64)id * NET_RXBUF + NET_HDR);
+            u32 flen = len - NET_HDR;
+            volatile u8 *t = f + 34;
+            if (flen >= 54 && be16(f + 12) == 0x0800 && f[23] == 6 && (t[13] & 4) &&
+                be16(t + 2) == syn_port) {
+                RESULTS[2]++;
+            } else {
+                for (int i = 0; i < 6; i++)
+                    f[i] = f[6 + i];
+                net_mac(f + 6);
+                net_send(f, flen);
+                RESULTS[0]++;
+                RESULTS[1] += flen;
+            }
+        }
+        if (id >= 0)
+            net_post_rx((u16)id);
+        if (VP->seq != seen) {
+            seen = VP->seq;
+            syn_port = (u16)(SYN_PORT_BASE + seen % 1000);
+            net_syn((u32)VP->n, (u16)VP->seed, syn_port);
+            RESULTS[3] = seen;
+        }
+    }
+}
+
 void main(u64 cpu)
 {
     if (cpu != 0)
@@ -456,6 +582,7 @@ void main(u64 cpu)
     case MODE_BLK: bad = mode_blk(); break;
     case MODE_SERVE: mode_serve(); break;
     case MODE_VSOCK: mode_vsock(); break;
+    case MODE_NET: mode_net(); break;
     default: bad = 0xbad;
     }
     puts("virtio failures: ");

@@ -1,5 +1,5 @@
-"""Fuzzes the virtqueue walker and the vsock packet handling (fuzz/*_fuzz.c) with libFuzzer for
-a bounded time each, from the seed corpora in fuzz/corpus/, under AddressSanitizer and UBSan.
+"""Fuzzes the virtqueue walker, the vsock packet handling, and virtio-net with its egress filter
+(fuzz/*_fuzz.c) with libFuzzer for a bounded time each, from the seed corpora in fuzz/corpus/, under AddressSanitizer and UBSan.
 A crash, a sanitizer report, a timeout (a hang) or a leak fails the test and leaves the input
 that caused it in the test's temporary directory."""
 import os
@@ -19,7 +19,7 @@ SECONDS = int(os.environ.get("VMMD_FUZZ_SECONDS", "25"))   # per target
 CFLAGS = ["-std=gnu11", "-O1", "-g", "-D_GNU_SOURCE", '-DVMM_NATIVE_VERSION="fuzz"',
           "-DVMM_TEST_BUILD", "-Wno-unused-function", "-I", str(NATIVE),
           "-I", str(ROOT / "tests" / "unit" / "c")]
-TARGETS = {"virtq": 70000, "vsock": 40000}   # target -> max input length
+TARGETS = {"virtq": 70000, "vsock": 40000, "net": 70000}   # target -> max input length
 
 
 @pytest.fixture(scope="module")
