@@ -4,8 +4,8 @@
  * connection with. No state, no allocation: unit tested and fuzzed on its own.
  *
  * The order (docs/virtio.md, "virtio-net"):
- *   1. ARP (ethertype 0x0806) and IPv4 UDP to port 67 (DHCP, which the backend answers itself)
- *      pass, whatever the policy.
+ *   1. ARP (ethertype 0x0806) and IPv4 UDP to port 67 (DHCP) pass, whatever the policy: the
+ *      backend consumes them itself (passt answers or drops every UDP packet to port 67).
  *   2. Anything else that is not IPv4 (IPv6, VLAN tags, ...) and malformed IPv4 is denied.
  *   3. The policy's rules in order: the first whose network holds the destination, whose
  *      protocol matches (0 any) and whose port range holds the destination port (0-0 any)
