@@ -57,7 +57,11 @@ mkdir -p "$root$results" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results "$root$results" ||
     fail "cannot mount the results directory"
 echo "vmmd-host: up in $(cut -d' ' -f1 /proc/uptime) s, kvm: $( [ -c /dev/kvm ] && echo yes || echo no)"
-chroot $root /bin/sh -c "cd /tmp && exec /bin/sh '$results/run.sh'" > "$root$results/output" 2>&1
+# The command's root is $root moved onto / in a mount namespace of its own (switch_root's
+# steps), not a chroot: the kernel refuses user namespaces to a chrooted process, and passt
+# (docs/network.md) sandboxes itself in one. This init keeps its own root, to report and power off.
+unshare -m sh -c "cd $root && mount --move . / && exec chroot . /bin/sh -c \"cd /tmp && exec /bin/sh '$results/run.sh'\"" \
+    > "$root$results/output" 2>&1
 echo $? > "$root$results/status"
 sync
 echo "vmmd-host: done in $(cut -d' ' -f1 /proc/uptime) s"
