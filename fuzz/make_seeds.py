@@ -94,14 +94,17 @@ def net_seeds():
     frag = ip4([192, 0, 2, 1], 17, bytes(64), frag=100)
 
     # filter alone: byte 0 odd (bit 1 the default), rule count, 12-byte rules, the frame
-    def rules(*rs):
+    def rules(*rs):   # (addr, prefix, proto, lo, hi, flags[, first source port])
         return bytes([len(rs)]) + b"".join(
-            struct.pack(">IBBHHBB", a, p, pr, lo, hi, allow, 0) for a, p, pr, lo, hi, allow in rs)
+            struct.pack(">IBBHHBB", *r, 0) if len(r) == 6 else struct.pack(">IBBHHBB", *r)
+            for r in rs)
     out["filter_syn_denied"] = b"\x01" + rules((10 << 24, 8, 0, 0, 0, 0)) + syn
     out["filter_ports"] = b"\x03" + rules((0xc0000200, 24, 6, 80, 443, 1),
                                            (0xc0000200, 24, 17, 53, 53, 0)) + dns
     out["filter_fragment"] = b"\x01" + rules((0xc0000200, 24, 17, 1, 65535, 1)) + frag
     out["filter_dhcp_arp"] = b"\x01" + rules() + dhcp
+    synack = ip4([10, 0, 2, 2], 6, tcp(200, 51000, 0x12))
+    out["filter_exposed_reply"] = b"\x01" + rules((0x0a000202, 32, 6, 0, 0, 0b11, 200)) + synack
 
     # the device: byte 0 even, byte 1 policy, records of kind, u16 length, bytes
     def rec(kind, data=b"", length=None):

@@ -2,8 +2,9 @@
  * net_fuzz.c - libFuzzer target for virtio-net and its egress filter.
  *
  * Byte 0 odd: the filter alone. Byte 1 bit 0 is the default, byte 2 the number of rules (at
- * most 8), then 12 bytes a rule (addr be32, prefix, proto, port_lo be16, port_hi be16, allow,
- * unused), then the frame. A policy net_policy_check refuses is replaced by none. A verdict of
+ * most 8), then 12 bytes a rule (addr be32, prefix, proto, port_lo be16, port_hi be16, flags:
+ * bit 0 allow, bit 1 replies-only, bits 2-7 the source port range's width; the first source
+ * port, 0 for any), then the frame. A policy net_policy_check refuses is replaced by none. A verdict of
  * NET_DENY_RST must yield a reset whose IP and TCP checksums verify.
  *
  * Byte 0 even: a real device on synthetic rings with a Unix socket as its backend; byte 1 bit 0
@@ -43,8 +44,11 @@ static void filter_only(const uint8_t *d, size_t n)
         if (off + 12 > n)
             return;
         const uint8_t *r = d + off;
-        rules[i] = (struct vmm_net_rule){be32(r), r[4], r[5], (unsigned)(r[6] << 8 | r[7]),
-                                         (unsigned)(r[8] << 8 | r[9]), r[10] & 1};
+        rules[i] = (struct vmm_net_rule){
+            .addr = be32(r), .prefix = r[4], .proto = r[5], .port_lo = (unsigned)(r[6] << 8 | r[7]),
+            .port_hi = (unsigned)(r[8] << 8 | r[9]), .sport_lo = r[11],
+            .sport_hi = r[11] ? r[11] + (unsigned)(r[10] >> 2) : 0, .replies = r[10] >> 1 & 1,
+            .allow = r[10] & 1};
     }
     struct vmm_net_policy p = {.default_allow = d[0] >> 1 & 1, .nrules = nr, .rules = rules};
     const struct vmm_net_policy *pol = net_policy_check(&p) == 0 ? &p : NULL;
@@ -102,7 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (peer < 0)
         abort();
     tv_setup(&t, 1ULL << 5 | 1ULL << 16, 2, 16);
-    struct vmm_net_rule deny10 = {10u << 24, 8, 0, 0, 0, 0};
+    struct vmm_net_rule deny10 = {.addr = 10u << 24, .prefix = 8, .allow = 0};
     struct vmm_net_policy pol = {.default_allow = 1, .nrules = data[1] & 1 ? 0 : 1,
                                  .rules = &deny10};
     virtio_net_set_policy(&t.d, &pol);

@@ -261,7 +261,7 @@ class Network:
         self.set_policy(vm, self.options.policy)
 
     def set_policy(self, vm: VM, policy: net.EgressPolicy) -> None:
-        rules, default_allow = policy.compile(self.passt.host)
+        rules, default_allow = policy.compile(self.passt.host, tuple(self.passt.forwards.values()))
         vm.net_set_policy(NET_ID, rules, default_allow)
         self.options = dataclasses.replace(self.options, policy=policy)
 

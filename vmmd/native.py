@@ -86,11 +86,14 @@ class NetRule:
     """One egress rule of a virtio-net device: the first rule matching a frame's destination
     decides (docs/virtio.md). `network` is a CIDR ("10.0.0.0/8", "192.0.2.7/32"); `proto` 0
     (any), 1 (ICMP), 6 (TCP) or 17 (UDP); `ports` an inclusive destination port range, (0, 0)
-    for any (TCP and UDP only)."""
+    for any (TCP and UDP only); `sports` the same for source ports; `replies` (TCP) matches
+    only segments with ACK set: the guest's side of connections opened to it."""
     network: str
     proto: int = 0
     ports: tuple[int, int] = (0, 0)
     allow: bool = dataclasses.field(kw_only=True)
+    sports: tuple[int, int] = dataclasses.field(default=(0, 0), kw_only=True)
+    replies: bool = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self):
         try:
@@ -109,8 +112,14 @@ class NetRule:
         lo, hi = self.ports
         if not 0 <= lo <= hi <= 65535:
             raise ValueError(f"NetRule ports {self.ports!r}: use 0 <= lo <= hi <= 65535")
-        if self.proto == 1 and self.ports != (0, 0):
+        if (not isinstance(self.sports, tuple) or len(self.sports) != 2
+                or not 0 <= self.sports[0] <= self.sports[1] <= 65535):
+            raise ValueError(f"NetRule sports {self.sports!r}: use (lo, hi) with "
+                             "0 <= lo <= hi <= 65535, (0, 0) for any")
+        if self.proto == 1 and (self.ports != (0, 0) or self.sports != (0, 0)):
             raise ValueError("NetRule: ICMP has no ports; give ports=(0, 0)")
+        if self.replies and self.proto != 6:
+            raise ValueError("NetRule: replies-only rules are for TCP (proto=6)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,6 +420,8 @@ class VM:
             arr[i].prefix = r._net.prefixlen
             arr[i].proto = r.proto
             arr[i].port_lo, arr[i].port_hi = r.ports
+            arr[i].sport_lo, arr[i].sport_hi = r.sports
+            arr[i].replies = int(r.replies)
             arr[i].allow = int(r.allow)
         pol = ffi.new("struct vmm_net_policy *", {
             "default_allow": int(default_allow), "nrules": len(rules), "rules": arr})

@@ -8,6 +8,8 @@ default "map gateway"): the host's own services are one address away, which is w
 policy denies the gateway and every other address of the host unless the policy names them.
 
 Policy, as the VMM applies it (the first rule that matches decides):
+  0. the guest's answers on connections made to its exposed ports (TCP from the port, ACK set,
+     to the gateway passt forwards them from);
   1. DNS (UDP and TCP port 53) to the resolver passt gives the guest, unless `dns` is off;
   2. the policy's `deny` entries;
   3. its `allow` entries;
@@ -143,10 +145,16 @@ class EgressPolicy:
         return cls(d.get("default", "allow"), tuple(d.get("allow", ())),
                    tuple(d.get("deny", ())), bool(d.get("dns", True)))
 
-    def compile(self, host: "HostAddresses") -> tuple[list[NetRule], bool]:
-        """(rules in order, default_allow) for VM.net_set_policy; resolves host names now."""
+    def compile(self, host: "HostAddresses",
+                expose: tuple[int, ...] = ()) -> tuple[list[NetRule], bool]:
+        """(rules in order, default_allow) for VM.net_set_policy; resolves host names now.
+        `expose`: the guest ports passt forwards to, whose answers must pass whatever the
+        policy says (exposing a port is the operator's explicit choice)."""
         self.validate()
         rules: list[NetRule] = []
+        if host.gateway:
+            rules += [NetRule(network=f"{host.gateway}/32", proto=6, sports=(p, p),
+                              replies=True, allow=True) for p in expose]
         if self.dns and host.dns:
             rules += [NetRule(network=f"{host.dns}/32", proto=p, ports=(53, 53), allow=True)
                       for p in (6, 17)]
@@ -169,12 +177,13 @@ def check_ports(ports) -> tuple[int, ...]:
     return out
 
 
-def compiled(policy: EgressPolicy) -> dict:
+def compiled(policy: EgressPolicy, expose: tuple[int, ...] = ()) -> dict:
     """The policy as the worker applies it, resolved now (host names, this host's addresses):
     {"rules": [...], "default_allow": bool}, plain data for the store and the worker."""
-    rules, default_allow = policy.compile(HostAddresses.probe())
+    rules, default_allow = policy.compile(HostAddresses.probe(), expose)
     return {"rules": [{"network": r.network, "proto": r.proto, "ports": list(r.ports),
-                       "allow": r.allow} for r in rules], "default_allow": default_allow}
+                       "sports": list(r.sports), "replies": r.replies, "allow": r.allow}
+                      for r in rules], "default_allow": default_allow}
 
 
 @dataclasses.dataclass(frozen=True)

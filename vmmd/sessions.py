@@ -763,7 +763,8 @@ class Manager:
         try:
             policy = net.EgressPolicy.from_dict(want.get("egress") or {})
             expose = list(net.check_ports(want.get("expose", ())))
-            rules = await asyncio.get_running_loop().run_in_executor(None, net.compiled, policy)
+            rules = await asyncio.get_running_loop().run_in_executor(
+                None, net.compiled, policy, tuple(expose))
         except net.PolicyError as e:
             raise InvalidArgument(str(e)) from None
         return {"egress": policy.to_dict(), "expose": expose, **rules}
@@ -779,7 +780,8 @@ class Manager:
             raise FailedPrecondition(f"MicroVM {vm_id} is TERMINATED ({s.reason})")
         try:
             policy = net.EgressPolicy.from_dict(egress)
-            rules = await asyncio.get_running_loop().run_in_executor(None, net.compiled, policy)
+            rules = await asyncio.get_running_loop().run_in_executor(
+                None, net.compiled, policy, tuple(s.spec["network"]["expose"]))
         except net.PolicyError as e:
             raise InvalidArgument(str(e)) from None
         async with s.lock:

@@ -215,9 +215,10 @@ class Worker:
         self.emit(running)
 
     def _set_policy(self, rules: list, default_allow: bool) -> None:
-        self.vm.net_set_policy(0, [native.NetRule(network=r["network"], proto=r["proto"],
-                                                  ports=tuple(r["ports"]), allow=r["allow"])
-                                   for r in rules], bool(default_allow))
+        self.vm.net_set_policy(0, [native.NetRule(
+            network=r["network"], proto=r["proto"], ports=tuple(r["ports"]),
+            sports=tuple(r.get("sports", (0, 0))), replies=bool(r.get("replies")),
+            allow=r["allow"]) for r in rules], bool(default_allow))
 
     def _wait_vm(self) -> None:
         try:

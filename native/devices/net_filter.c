@@ -56,7 +56,8 @@ struct ip4 {
     uint8_t proto;
     bool first;              /* fragment offset 0: the transport header is here */
     bool ports;              /* TCP/UDP with its ports in this packet */
-    uint16_t dport;
+    uint16_t sport, dport;
+    bool ack;                /* TCP with ACK set: answers a segment the other side sent */
 };
 
 /* false: not IPv4 at all, or malformed (lengths past the frame, IHL < 5, a fragment that could
@@ -79,7 +80,9 @@ static bool parse_ip4(const uint8_t *f, size_t len, struct ip4 *o)
             if (o->l4_len < 4)      /* a first fragment without its ports */
                 return false;
             o->ports = true;
+            o->sport = be16(o->l4);
             o->dport = be16(o->l4 + 2);
+            o->ack = o->proto == IPPROTO_TCP_ && o->l4_len >= 14 && (o->l4[13] & TCP_ACK);
         } else if (offset < hdr) {  /* would overlap the transport header */
             return false;
         }
@@ -93,6 +96,11 @@ static bool rule_matches(const struct vmm_net_rule *r, const struct ip4 *p)
     if ((p->dst & mask) != r->addr)
         return false;
     if (r->proto && r->proto != p->proto)
+        return false;
+    if (r->replies && !p->ack)
+        return false;
+    if ((r->sport_lo || r->sport_hi) &&
+        !(p->ports && p->sport >= r->sport_lo && p->sport <= r->sport_hi))
         return false;
     if (r->port_lo == 0 && r->port_hi == 0)
         return true;
@@ -195,8 +203,14 @@ int net_policy_check(const struct vmm_net_policy *p)
         if (ports && (r->port_lo > r->port_hi || r->port_hi > 65535))
             return vmm_err(EINVAL, "rule %u: ports %u-%u: use lo <= hi <= 65535", i,
                            r->port_lo, r->port_hi);
-        if (ports && r->proto == IPPROTO_ICMP_)
+        bool sports = r->sport_lo || r->sport_hi;
+        if (sports && (r->sport_lo > r->sport_hi || r->sport_hi > 65535))
+            return vmm_err(EINVAL, "rule %u: source ports %u-%u: use lo <= hi <= 65535", i,
+                           r->sport_lo, r->sport_hi);
+        if ((ports || sports) && r->proto == IPPROTO_ICMP_)
             return vmm_err(EINVAL, "rule %u: ICMP has no ports: give 0-0", i);
+        if (r->replies && r->proto != IPPROTO_TCP_)
+            return vmm_err(EINVAL, "rule %u: replies-only rules are for TCP (protocol 6)", i);
     }
     return 0;
 }

@@ -9,8 +9,10 @@
  *   2. Anything else that is not IPv4 (IPv6, VLAN tags, ...) and malformed IPv4 is denied.
  *   3. The policy's rules in order: the first whose network holds the destination, whose
  *      protocol matches (0 any) and whose port range holds the destination port (0-0 any)
- *      decides. A rule with ports matches only a TCP or UDP packet that carries them: never a
- *      non-first fragment. No rule matches: the policy's default.
+ *      decides; a rule may also name source ports, and a TCP rule may take only segments with
+ *      ACK set ("replies": the guest's SYN+ACK and what follows on a connection the backend
+ *      opened to an exposed port; a guest's own connect starts with a SYN without ACK). A rule with ports matches only a TCP or UDP packet that carries
+ *      them: never a non-first fragment. No rule matches: the policy's default.
  *   4. No policy yet: deny.
  */
 #ifndef VMM_NET_FILTER_H

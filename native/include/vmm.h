@@ -194,7 +194,10 @@ struct vmm_net_rule {
     unsigned int addr;         /* IPv4, host byte order */
     unsigned int prefix;       /* 0..32 */
     unsigned int proto;
-    unsigned int port_lo, port_hi;
+    unsigned int port_lo, port_hi;   /* destination ports (TCP/UDP); 0-0: any */
+    unsigned int sport_lo, sport_hi; /* source ports (TCP/UDP); 0-0: any */
+    int replies;                     /* TCP segments with ACK set only: answers on connections
+                                      * the other side opened (an exposed port's) */
     int allow;
 };
 struct vmm_net_policy {

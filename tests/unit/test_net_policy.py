@@ -12,14 +12,19 @@ from vmmd.net import EgressPolicy, Entry, HostAddresses, PolicyError
 HOST = HostAddresses(addresses=("10.0.2.15", "198.51.100.7"), gateway="10.0.2.2")
 
 
-def verdict(policy: EgressPolicy, dst: str, proto: int = 6, port: int = 80) -> bool:
-    """What the VMM's first-match walk decides for one packet."""
-    rules, default_allow = policy.compile(HOST)
+def verdict(policy: EgressPolicy, dst: str, proto: int = 6, port: int = 80, *,
+            sport: int = 40000, ack: bool = False, expose: tuple[int, ...] = ()) -> bool:
+    """What the VMM's first-match walk (native/devices/net_filter.c) decides for one packet."""
+    rules, default_allow = policy.compile(HOST, expose)
     a = ipaddress.IPv4Address(dst)
     for r in rules:
         if a not in ipaddress.IPv4Network(r.network):
             continue
         if r.proto and r.proto != proto:
+            continue
+        if r.replies and not ack:
+            continue
+        if r.sports != (0, 0) and not r.sports[0] <= sport <= r.sports[1]:
             continue
         if r.ports != (0, 0) and not r.ports[0] <= port <= r.ports[1]:
             continue
@@ -55,6 +60,14 @@ def test_allow_list_names_a_protected_address_and_only_that_port():
     assert verdict(p, "10.0.2.2", proto=17, port=8080)
     assert not verdict(p, "10.0.2.2", port=8081)
     assert not verdict(p, "93.184.216.34", port=8080)
+
+
+def test_an_exposed_ports_answers_pass_even_under_deny_all_but_its_connects_do_not():
+    p = EgressPolicy.deny_all()
+    assert verdict(p, "10.0.2.2", port=51000, sport=8000, ack=True, expose=(8000,))
+    assert not verdict(p, "10.0.2.2", port=51000, sport=8000, ack=False, expose=(8000,))
+    assert not verdict(p, "10.0.2.2", port=51000, sport=8001, ack=True, expose=(8000,))
+    assert not verdict(p, "93.184.216.34", port=80, sport=8000, ack=True, expose=(8000,))
 
 
 def test_an_explicit_deny_wins_over_an_allow():

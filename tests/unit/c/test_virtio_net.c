@@ -93,7 +93,8 @@ static size_t arp_frame(uint8_t *f)
 static struct vmm_net_rule rule(uint32_t addr, unsigned prefix, unsigned proto, unsigned lo,
                                 unsigned hi, int allow)
 {
-    return (struct vmm_net_rule){addr, prefix, proto, lo, hi, allow};
+    return (struct vmm_net_rule){.addr = addr, .prefix = prefix, .proto = proto, .port_lo = lo,
+                                 .port_hi = hi, .allow = allow};
 }
 
 static void test_filter_passes_arp_and_dhcp_and_denies_everything_else_without_a_policy(void)
@@ -178,6 +179,31 @@ static void test_filter_matches_protocol_and_port_range(void)
     CHECK(net_filter(f, ip4_frame(f, IP(192, 0, 2, 5), 6, 22, 0x10, 0, 0), &p) == NET_DENY);
     CHECK(net_filter(f, ip4_frame(f, IP(192, 0, 2, 5), 6, 22, 0x12, 0, 0), &p) == NET_DENY);
     CHECK(net_filter(f, ip4_frame(f, IP(192, 0, 2, 5), 6, 22, 0x06, 0, 0), &p) == NET_DENY);
+}
+
+static void test_filter_lets_an_exposed_ports_replies_out_but_never_a_connect_from_it(void)
+{
+    /* the frames' source port is 40000: as if it were the exposed port */
+    struct vmm_net_rule r = rule(IP(10, 0, 2, 2), 32, 6, 0, 0, 1);
+    r.sport_lo = r.sport_hi = 40000;
+    r.replies = 1;
+    struct vmm_net_policy p = {.default_allow = 0, .nrules = 1, .rules = &r};
+    uint8_t f[256];
+    CHECK(net_filter(f, ip4_frame(f, IP(10, 0, 2, 2), 6, 51000, 0x12, 0, 0), &p) == NET_ALLOW);
+    CHECK(net_filter(f, ip4_frame(f, IP(10, 0, 2, 2), 6, 51000, 0x10, 0, 9), &p) == NET_ALLOW);
+    CHECK(net_filter(f, ip4_frame(f, IP(10, 0, 2, 2), 6, 51000, 0x11, 0, 0), &p) == NET_ALLOW);
+    /* a connect of its own from that port, to the gateway or elsewhere: the policy decides */
+    CHECK(net_filter(f, ip4_frame(f, IP(10, 0, 2, 2), 6, 51000, 0x02, 0, 0), &p) == NET_DENY_RST);
+    CHECK(net_filter(f, ip4_frame(f, IP(10, 0, 2, 3), 6, 51000, 0x12, 0, 0), &p) == NET_DENY);
+    CHECK(net_filter(f, ip4_frame(f, IP(10, 0, 2, 2), 17, 51000, 0, 0, 8), &p) == NET_DENY);
+    r.sport_lo = r.sport_hi = 40001;
+    CHECK(net_filter(f, ip4_frame(f, IP(10, 0, 2, 2), 6, 51000, 0x12, 0, 0), &p) == NET_DENY);
+    r.sport_lo = 40001;
+    r.sport_hi = 40000;
+    CHECK(net_policy_check(&p) == -EINVAL && strstr(vmm_last_error(), "source ports"));
+    r.sport_lo = r.sport_hi = 40000;
+    r.proto = 17;
+    CHECK(net_policy_check(&p) == -EINVAL && strstr(vmm_last_error(), "replies-only"));
 }
 
 static void test_filter_lets_only_portless_rules_match_later_fragments(void)
@@ -809,6 +835,7 @@ int main(int argc, char **argv)
     test_filter_denies_non_ipv4_and_malformed_ipv4_even_when_allowing_all();
     test_filter_first_matching_rule_decides();
     test_filter_matches_protocol_and_port_range();
+    test_filter_lets_an_exposed_ports_replies_out_but_never_a_connect_from_it();
     test_filter_lets_only_portless_rules_match_later_fragments();
     test_rst_answers_a_syn_from_its_destination_with_good_checksums();
     test_policy_check_names_what_to_change();
