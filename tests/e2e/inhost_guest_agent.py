@@ -20,7 +20,7 @@ import time
 import pytest
 
 from guest_peer import QemuGuest, VmmdGuest, smaps_rollup
-from vmmd.agent import Agent, AgentError
+from vmmd.agent import Agent, AgentError, ProtocolError
 
 pytestmark = pytest.mark.timeout(900)
 MiB = 1 << 20
@@ -247,6 +247,19 @@ async def probe_clock(agent: Agent) -> float:
     return (guest_ns - (t0 + t1) / 2) / 1e9
 
 
+async def peer_retry(probe, agent: Agent):
+    """A read-only probe of a restored guest. Under the peer (QEMU's vhost-vsock) a connection
+    was once reset by the guest seconds after a restore (CI, x86_64 host): the probe is tried
+    again once there, and the retry is reported. vmmd's guests get no second try."""
+    try:
+        return await probe(agent)
+    except ProtocolError as e:
+        if VMM != "qemu":
+            raise
+        metric("note_connection_reset_retried", str(e).replace(" ", "_"))
+        return await probe(agent)
+
+
 async def randomness(agent: Agent) -> tuple[bytes, bytes]:
     uuid = await agent.read_bytes("/proc/sys/kernel/random/uuid")
     rnd = await agent.read_bytes("/dev/urandom", length=32)
@@ -280,11 +293,11 @@ def clones(guest):
             # the restore reset every vsock connection, the freeze holder's too: writes go on
             p = await write_pending(a, f"/data/after-restore-{name}")
             o["write_after_restore"] = await asyncio.wait_for(p.wait(), 60)
-            o["skew_before_sync"] = await probe_clock(a)
-            o["random_before_sync"] = await randomness(a)
+            o["skew_before_sync"] = await peer_retry(probe_clock, a)
+            o["random_before_sync"] = await peer_retry(randomness, a)
             o["sync"] = await a.sync_after_restore()
-            o["skew_after_sync"] = await probe_clock(a)
-            o["random_after_sync"] = await randomness(a)
+            o["skew_after_sync"] = await peer_retry(probe_clock, a)
+            o["random_after_sync"] = await peer_retry(randomness, a)
             o["kept"] = await a.read_bytes("/data/before-snapshot")
             return o
         except BaseException:
