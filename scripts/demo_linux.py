@@ -5,7 +5,11 @@ starts it there), the way an operator would use vmmd:
    ext4 root) with vmmd.microvm, let it settle, snapshot it;
 2. start `vmmd serve` and talk to it over gRPC as a scheduler does (vmmd.client): register the
    snapshot as an image, launch two MicroVMs from it, exec real work in them, suspend one and
-   exec again (which wakes it: its files are still there), list them with `vmmctl ls`.
+   exec again (which wakes it: its files are still there), list them with `vmmctl ls`;
+3. the network (docs/network.md): each MicroVM has a NIC behind its own passt; one may fetch
+   from a server on this host (its egress policy names it), the other may not (the default
+   keeps the host out of reach); one serves HTTP through an exposed port, reached with
+   Connect; after the suspend it fetches again with a new MAC.
 Prints each call, what it returned, and how long it took. (vmmctl does the same from a shell;
 inside the emulated host its Python start-up alone takes seconds, so the calls are timed here.)
 
@@ -20,13 +24,20 @@ import subprocess
 import sys
 import time
 
+import hashlib
+import http.server
+import threading
+
 from vmmd.client import Client
-from vmmd.microvm import LinuxSpec, MicroVM
+from vmmd.microvm import LinuxSpec, MicroVM, NetOptions
+from vmmd.net import EgressPolicy
 from vmmd.v1 import images_pb2 as ipb
 from vmmd.v1 import microvms_pb2 as mpb
 
 WORK = "/tmp/vmmd-demo"
 SOCK = f"{WORK}/vmmd.sock"
+GATEWAY, FILES_PORT, GUEST_HTTP = "10.0.2.2", 8080, 8000     # hosts/init.sh, docs/network.md
+FETCH = f"wget -q -O - http://{GATEWAY}:{FILES_PORT}/notes.txt | sha256sum 2>&1"
 WORKLOAD = ("n=0; for f in /bin/*; do n=$((n+1)); done; "
             "echo \"$(uname -sr) on $(uname -m), $(nproc) vCPUs, $n programs in /bin\"; "
             "echo $((6 * 7)) > /data/answer; sha256sum /data/hello.txt")
@@ -34,7 +45,8 @@ WORKLOAD = ("n=0; for f in /bin/*; do n=$((n+1)); done; "
 
 async def build_image(kernel: str, initrd: str, rootfs: str) -> None:
     t0 = time.monotonic()
-    vm = MicroVM.boot(LinuxSpec("x86_64", kernel, initrd, rootfs, mem_mib=128), f"{WORK}/build")
+    vm = MicroVM.boot(LinuxSpec("x86_64", kernel, initrd, rootfs, mem_mib=128, net=True),
+                      f"{WORK}/build", NetOptions(EgressPolicy.deny_all()))
     try:
         await vm.wait_ready(300)
         boot = time.monotonic() - t0
@@ -54,10 +66,37 @@ def step(what: str, t0: float, lines: str | bytes = "") -> None:
         print(f"      | {line}")
 
 
+def file_server() -> bytes:
+    """A web server on this host with one file: what MicroVMs may or may not fetch."""
+    notes = b"vmmd release notes: MicroVMs have a network now\n" * 100
+    os.makedirs(f"{WORK}/www")
+    with open(f"{WORK}/www/notes.txt", "wb") as f:
+        f.write(notes)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=f"{WORK}/www", **kw)
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.ThreadingHTTPServer(("0.0.0.0", FILES_PORT), Quiet)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return notes
+
+
+def connect_http(c: Client, vm_id: str) -> bytes:
+    def reqs():
+        yield mpb.ConnectRequest(start=mpb.ConnectStart(microvm_id=vm_id, port=GUEST_HTTP,
+                                                        network=True))
+        yield mpb.ConnectRequest(data=b"GET / HTTP/1.0\r\n\r\n")
+    return b"".join(r.data for r in c.vms.Connect(reqs(), timeout=60))
+
+
 def main() -> None:
     kernel, initrd, rootfs = sys.argv[1:4]
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
+    notes = file_server()
     asyncio.run(build_image(kernel, initrd, rootfs))
     if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):   # the host's init mounts none
         subprocess.run(["mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup"], check=True)
@@ -79,13 +118,18 @@ def main() -> None:
         img = c.images.RegisterImage(ipb.RegisterImageRequest(
             name="busybox-demo", snapshot=ipb.SnapshotSource(
                 snapshot_dir=f"{WORK}/image", kernel=kernel, initrd=initrd, rootfs=rootfs,
-                devices=ipb.DeviceConfig(linux=True), agent=ipb.GuestAgent(present=True))))
+                devices=ipb.DeviceConfig(linux=True, net=True),
+                agent=ipb.GuestAgent(present=True))))
         step(f"RegisterImage -> {img.id[:16]}..", t0, "(copies memory and disk into the store)")
         vms = []
         for who in ("a", "b"):
+            req = mpb.LaunchRequest(image_id=img.id, labels={"who": who})
+            if who == "a":      # may reach the host's file server, serves HTTP on GUEST_HTTP
+                req.network.egress.allow.append(f"{GATEWAY}/32:{FILES_PORT}")
+                req.network.expose_ports.append(GUEST_HTTP)
             t0 = time.monotonic()
-            vm = c.vms.Launch(mpb.LaunchRequest(image_id=img.id, labels={"who": who}))
-            step(f"Launch {who} -> {vm.id}", t0)
+            vm = c.vms.Launch(req)
+            step(f"Launch {who} -> {vm.id} (MAC {vm.network.mac})", t0)
             vms.append(vm.id)
         t0 = time.monotonic()
         r = c.exec(vms[0], ["sh", "-c", WORKLOAD])
@@ -94,12 +138,28 @@ def main() -> None:
             t0 = time.monotonic()
             r = c.exec(vm, ["cat", "/proc/sys/kernel/random/uuid"])
             step(f"Exec in {vm}: a fresh uuid", t0, r.stdout)
+        print(f"  (the host's file has sha256 {hashlib.sha256(notes).hexdigest()})")
+        for vm, why in zip(vms, ("its policy allows the host's server",
+                                 "the default policy keeps the host out")):
+            t0 = time.monotonic()
+            r = c.exec(vm, ["sh", "-c", FETCH])
+            step(f"Exec in {vm}: wget from the host ({why})", t0, r.stdout + r.stderr)
+        c.exec(vms[0], ["sh", "-c", f"mkdir -p /tmp/www && echo hello from $(hostname) "
+                                    f"> /tmp/www/index.html && httpd -p {GUEST_HTTP} -h /tmp/www"])
+        t0 = time.monotonic()
+        body = connect_http(c, vms[0])
+        step(f"Connect {vms[0]}:{GUEST_HTTP} through its NIC: HTTP GET", t0,
+             body.split(b"\r\n\r\n", 1)[-1])
         t0 = time.monotonic()
         c.vms.Suspend(mpb.SuspendRequest(microvm_id=vms[0]))
         step(f"Suspend {vms[0]} (to disk, worker ends)", t0)
         t0 = time.monotonic()
         r = c.exec(vms[0], ["cat", "/data/answer"])
         step(f"Exec in {vms[0]}: wakes it, reads its file", t0, r.stdout)
+        t0 = time.monotonic()
+        r = c.exec(vms[0], ["sh", "-c", FETCH])
+        mac = c.vms.Get(mpb.GetRequest(microvm_id=vms[0])).network.mac
+        step(f"Exec in {vms[0]}: wget again (new MAC {mac})", t0, r.stdout + r.stderr)
         out = subprocess.run([os.path.join(sys.prefix, "bin", "vmmctl"), "--socket", SOCK, "ls"],
                              capture_output=True, text=True)
         print("  $ vmmctl ls\n" + "\n".join(f"      {ln}" for ln in out.stdout.splitlines()))
