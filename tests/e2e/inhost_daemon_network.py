@@ -13,6 +13,8 @@ import asyncio
 import hashlib
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import time
 
@@ -62,6 +64,26 @@ def connect_network(vms, vm_id: str, port: int, payload: bytes) -> bytes:
     return out
 
 
+def port_forward_get(vm_id: str, network: bool) -> bytes:
+    """`vmmctl port-forward VM 0:8000` listens on a free local port; one HTTP GET through it."""
+    argv = [os.path.join(sys.prefix, "bin", "vmmctl"), "--socket", SOCK, "port-forward", vm_id,
+            f"0:{GUEST_HTTP}"] + (["--network"] if network else [])
+    p = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        line = p.stderr.readline().decode()       # "forwarding 127.0.0.1:P -> ..."
+        port = int(line.split("127.0.0.1:")[1].split()[0])
+        s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        s.close()
+        return out
+    finally:
+        p.kill()
+        p.wait()
+
+
 def main() -> None:
     kernel, initrd, rootfs = sys.argv[1:4]
     shutil.rmtree(WORK, ignore_errors=True)
@@ -93,6 +115,9 @@ def main() -> None:
                     f"httpd -p {GUEST_HTTP} -h /tmp/www")
         body = connect_network(vms, a.id, GUEST_HTTP, b"GET /index.html HTTP/1.0\r\n\r\n")
         check("connect_network", body.endswith(b"served-by-the-guest\n"))
+        for network in (True, False):       # vmmctl port-forward, through the NIC and the agent
+            check(f"vmmctl_port_forward_{'network' if network else 'agent'}",
+                  port_forward_get(a.id, network).endswith(b"served-by-the-guest\n"))
         try:
             connect_network(vms, a.id, 9, b"x")
             check("unexposed_port", "accepted")

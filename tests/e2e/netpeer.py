@@ -89,9 +89,15 @@ class World:
         Counting.blob = os.urandom(blob_bytes)
         tool("ip", "addr", "add", f"{WORLD}/32", "dev", "dummy0")
         # passt relays the guests' DNS to the host's resolver (resolv.conf): ours
-        with open("/tmp/resolv.conf", "w") as f:
-            f.write("nameserver 127.0.0.1\n")
-        tool("mount", "--bind", "/tmp/resolv.conf", "/etc/resolv.conf")
+        if os.path.exists("/etc/resolv.conf"):
+            with open("/tmp/resolv.conf", "w") as f:
+                f.write("nameserver 127.0.0.1\n")
+            tool("mount", "--bind", "/tmp/resolv.conf", "/etc/resolv.conf")
+        else:      # the arm64 userland has none, and its /etc is read-only: a copy with one
+            shutil.copytree("/etc", "/tmp/etc", symlinks=True)
+            with open("/tmp/etc/resolv.conf", "w") as f:
+                f.write("nameserver 127.0.0.1\n")
+            tool("mount", "--bind", "/tmp/etc", "/etc")
         self.servers = [http.server.ThreadingHTTPServer(("0.0.0.0", p), Counting)
                         for p in (FILES_PORT, OTHER_PORT)]
         self.servers.append(socketserver.ThreadingUDPServer(("127.0.0.1", 53), Dns))

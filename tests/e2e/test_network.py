@@ -75,7 +75,8 @@ def test_daemon_launches_networked_microvms_with_policy_ports_and_wake(testhost,
     for name in ("image_net", "mac_set", "port_forwarded", "download_intact",
                  "guest_mac_is_launch_mac", "connect_network", "egress_reported",
                  "deny_all_blocks", "allow_again", "network_after_wake", "new_mac_after_wake",
-                 "policy_kept_across_wake", "connect_network_after_wake"):
+                 "policy_kept_across_wake", "connect_network_after_wake",
+                 "vmmctl_port_forward_network", "vmmctl_port_forward_agent"):
         assert checks[name] == "True", (name, out[-6000:])
     assert checks["unexposed_port"] == "FAILED_PRECONDITION"
     assert checks["bad_entry"] == "INVALID_ARGUMENT"
