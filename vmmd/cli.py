@@ -357,6 +357,12 @@ def port_forward(microvm_id: str,
         except OSError:
             pass
         finally:
+            # shutdown, not only close: it wakes the request thread blocked in recv, and the
+            # local client sees the end of the stream
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             conn.close()
 
     lsock = socket.create_server(("127.0.0.1", local))
