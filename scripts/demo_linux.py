@@ -144,7 +144,7 @@ def main() -> None:
             t0 = time.monotonic()
             r = c.exec(vm, ["sh", "-c", FETCH])
             step(f"Exec in {vm}: wget from the host ({why})", t0, r.stdout + r.stderr)
-        c.exec(vms[0], ["sh", "-c", f"mkdir -p /tmp/www && echo hello from $(hostname) "
+        c.exec(vms[0], ["sh", "-c", f"mkdir -p /tmp/www && echo hello from MicroVM a "
                                     f"> /tmp/www/index.html && httpd -p {GUEST_HTTP} -h /tmp/www"])
         t0 = time.monotonic()
         body = connect_http(c, vms[0])
