@@ -194,13 +194,15 @@ class _Lexer:
         if not name:
             raise ValueError("syntax error: bad substitution")
         ch = self.next()
+        if not ch:
+            raise ValueError("syntax error: missing '}'")
         if ch == "}":
             return self.env.get(name, "")
         colon = ch == ":"
         if colon:
             ch = self.next()
         if ch not in ("-", "+", "?"):
-            raise ValueError(f"unsupported modifier ({ch or 'end of line'}) in substitution "
+            raise ValueError(f"unsupported modifier ({ch}) in substitution "
                              f"of {name}; vmmd supports :-, :+ and :? (with or without ':')")
         word, _ = self.word(stop="}")
         value = self.env.get(name)
