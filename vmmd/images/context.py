@@ -171,6 +171,10 @@ class _Reader:
         if len(hdr) != 30 or hdr[:4] != b"PK\x03\x04":
             raise ContextError(e.rel, "a bad local header (the zip is corrupt)")
         n, m = struct.unpack("<HH", hdr[26:30])
+        name = self.f.read(n)
+        if name.decode("utf-8" if e.info.flag_bits & 0x800 else "cp437") != e.info.orig_filename:
+            raise ContextError(e.rel, "the local header names another file than the central "
+                               "directory (a crafted zip?)")
         return e.info.header_offset + 30 + n + m
 
     def chunks(self, e: _Entry):
