@@ -198,7 +198,7 @@ def _directives(lines: list[str]) -> dict[str, str]:
 
 
 def _instructions(text: str) -> tuple[list[_Instr], str]:
-    lines = text.replace("\r\n", "\n").split("\n")
+    lines = text.lstrip("\ufeff").replace("\r\n", "\n").split("\n")     # BOM, CRLF: as Docker
     directives = _directives(lines)
     escape = directives.get("escape", "\\")
     if escape not in ("\\", "`"):
