@@ -296,6 +296,11 @@ def test_placements_follow_docker_s_copy_rule(ctx):
         (r / "c.md", "/srv/c.md"), (r / "templates", "/srv")]
 
 
+def test_a_symlinked_file_is_placed_under_its_own_name():
+    with Context.from_zip(make_zip(("v1/app.bin", "x"), link("app", "v1/app.bin"))) as c:
+        assert c.placements(["app"], "/opt/", True) == [(c.root / "v1/app.bin", "/opt/app")]
+
+
 def test_add_sees_local_tar_archives(tmp_path):
     (tmp_path / "f").write_text("x")
     for mode, kind in (("w", "tar"), ("w:gz", "tar.gz"), ("w:bz2", "tar.bz2"),

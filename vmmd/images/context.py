@@ -294,7 +294,11 @@ class Context:
     def matches(self, patterns: list[str], instruction: str = "COPY") -> list[Path]:
         """The top-level paths each pattern names (a symlink is followed, within the context,
         as Docker follows a source); a pattern that matches nothing is an error naming it."""
-        out: list[Path] = []
+        return [real for _, real in self._tops(patterns, instruction)]
+
+    def _tops(self, patterns: list[str], instruction: str) -> list[tuple[Path, Path]]:
+        """(the path as matched, where it resolves) for each top-level match."""
+        out: list[tuple[Path, Path]] = []
         for pattern in patterns:
             found = self._matches(pattern, instruction)
             if not found:
@@ -302,7 +306,7 @@ class Context:
                 hint = (" (.dockerignore excludes it)" if rel in self.ignored or
                         self.rules.excludes(rel) else "")
                 raise ContextError(pattern, f"{instruction} {pattern}: not in the context{hint}")
-            out += [self._inside(p, pattern, instruction) for p in found]
+            out += [(p, self._inside(p, pattern, instruction)) for p in found]
         return out
 
     def sources(self, patterns: list[str], instruction: str = "COPY") -> list[Path]:
@@ -323,14 +327,14 @@ class Context:
         into the target (copy it as a tree), a file goes to the target itself, or into it when
         the destination is a directory or several paths match. A builder must also copy into
         `dest` when it already exists as a directory in the image."""
-        tops = self.matches(patterns, instruction)
+        tops = self._tops(patterns, instruction)
         into = dest_is_dir or len(tops) > 1
         out = []
-        for p in tops:
-            if p.is_dir():
-                out.append((p, dest))
-            else:
-                out.append((p, posixpath.join(dest, p.name) if into else dest))
+        for named, real in tops:
+            if real.is_dir():
+                out.append((real, dest))
+            else:   # a symlinked file keeps the name it was copied by, with the target's bytes
+                out.append((real, posixpath.join(dest, named.name) if into else dest))
         return out
 
     def digest(self, paths: list[Path]) -> str:
