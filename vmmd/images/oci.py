@@ -314,7 +314,8 @@ def _explain(ref: str, src: Source, err: str) -> str:
         if "unauthorized" in e or "denied" in e:
             return f"{ref}: the registry refused access; vmmd pulls anonymously"
     if "digest did not match" in e or "does not match" in e and "digest" in e:
-        return f"{ref}: digest mismatch while copying ({_last(err)})"
+        return (f"{ref}: digest mismatch while copying ({_last(err)}); the source is corrupt "
+                "or was tampered with")
     if src.kind == "oci" and ("no such file" in e or "not a directory" in e):
         return f"{ref}: no OCI layout there (no index.json); check the path"
     if src.kind == "oci" and ("no descriptor found" in e or "did not match any" in e):
@@ -341,7 +342,9 @@ def _skopeo(args: list[str], ref: str, src: Source) -> subprocess.CompletedProce
         raise ImageSourceError(f"{ref}: the copy took longer than {SKOPEO_TIMEOUT} s; check the "
                                "registry") from None
     if r.returncode != 0:
-        raise ImageSourceError(_explain(ref, src, r.stderr))
+        e = ImageSourceError(_explain(ref, src, r.stderr))
+        e.stderr = r.stderr
+        raise e
     return r
 
 
@@ -373,22 +376,30 @@ def resolve(ref: str, store: pathlib.Path, arch: str | None = None) -> BaseImage
         layout = _layout(store)
         layout.mkdir(parents=True, exist_ok=True)
         tmp_tag = f"pull-{os.getpid()}-{os.urandom(4).hex()}"
-        base = ["--insecure-policy", "copy", "--quiet"] + _tls(src, "src")
+        # --format oci: umoci unpacks OCI manifests only (Docker v2 ones are converted)
+        base = ["--insecure-policy", "copy", "--quiet", "--format", "oci"] + _tls(src, "src")
         if want:
             base += ["--override-arch", want, "--override-os", "linux"]
         dest = f"oci:{layout}:{tmp_tag}"
-        try:
-            _skopeo(base + ["--preserve-digests", src.skopeo, dest], ref, src)
-            preserved = True
-        except ImageSourceError as e:
-            # a Docker v2 manifest or an archive must be converted to OCI: new manifest digest
-            if "preserve" not in str(e).lower() and "digest" not in str(e).lower():
-                raise
-            _skopeo(base + [src.skopeo, dest], ref, src)
-            preserved = False
+        # an OCI image keeps its digest; a Docker v2 manifest (registry or docker-archive) must
+        # be converted to OCI, a new digest. skopeo 1.9 lets --preserve-digests win over
+        # --format silently, so the result's media type decides whether to copy again.
+        # A docker-archive is always converted: a preserved copy would store its uncompressed
+        # layers, which skopeo 1.9 then reuses under a +gzip media type in the converted copy.
+        if src.kind != "docker-archive":
+            try:
+                _skopeo(base + ["--preserve-digests", src.skopeo, dest], ref, src)
+            except ImageSourceError as e:
+                if "preserve" not in getattr(e, "stderr", "").lower():
+                    raise
         index = _read_index(store)
         mine = [m for m in index.get("manifests", [])
                 if (m.get("annotations") or {}).get(REF_NAME) == tmp_tag]
+        if len(mine) != 1 or mine[0].get("mediaType") != OCI_MANIFEST:
+            _skopeo(base + [src.skopeo, dest], ref, src)
+            index = _read_index(store)
+            mine = [m for m in index.get("manifests", [])
+                    if (m.get("annotations") or {}).get(REF_NAME) == tmp_tag]
         if len(mine) != 1:
             raise ImageSourceError(f"{ref}: skopeo left no manifest in the store")
         digest = mine[0]["digest"]
@@ -411,7 +422,8 @@ def resolve(ref: str, store: pathlib.Path, arch: str | None = None) -> BaseImage
 def _check_pinned(ref: str, src: Source, digest: str, image: BaseImage) -> str:
     """A pinned reference whose stored manifest has another digest: the pin named a multi-arch
     index, or skopeo converted a Docker manifest to OCI. Fetch the pinned bytes, hash them
-    ourselves, and accept only an index that lists this manifest or the same config."""
+    ourselves, and accept only an index that lists this manifest, or a manifest with the same
+    layers (skopeo fetched its config by digest and converted it)."""
     raw = _skopeo(["inspect", "--raw"] + _tls(src, "") + [src.skopeo], ref, src).stdout
     got = "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
     if got != src.digest:
@@ -419,8 +431,9 @@ def _check_pinned(ref: str, src: Source, digest: str, image: BaseImage) -> str:
                                f"not {src.digest}")
     m = _json(raw.encode(), "pinned manifest", ref)
     listed = {d.get("digest") for d in m.get("manifests") or [] if isinstance(d, dict)}
-    config = (m.get("config") or {}).get("digest")
-    if digest not in listed and config != image.config_digest:
+    # a conversion rewrites the config (new digest) but keeps the layer blobs
+    layers = [d.get("digest") for d in m.get("layers") or [] if isinstance(d, dict)]
+    if digest not in listed and layers != [layer.digest for layer in image.layers]:
         raise ImageSourceError(f"{ref}: digest mismatch: {src.digest} does not describe the "
                                f"image pulled ({digest})")
     return src.digest
