@@ -16,8 +16,14 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # acpica-tools (iasl) and device-tree-compiler (dtc) check the boot tables in tests/unit/test_boot.py
 # clang and libclang-rt-dev (libFuzzer): the virtio fuzz targets in tests/unit/test_virtio_fuzz.py
 # passt: the MicroVMs' user-mode network stack (docs/network.md)
+# skopeo: pulls FROM base images (registries, OCI layouts, docker-archives) into the image store
+# umoci: unpacks a base image's layers (whiteouts, owners, modes) into a root directory
+# docker-registry: the registry the tests and the demo run on loopback (docs/images.md)
+# mmdebstrap: builds the tests' and the demo's Debian base images
+# qemu-user-static, binfmt-support, arch-test: run an arm64 base's maintainer scripts on amd64
 debs=(gcc libc6-dev binutils make python3 python3-venv python3-dev libseccomp2 systemd
-      acpica-tools device-tree-compiler clang libclang-rt-dev passt)
+      acpica-tools device-tree-compiler clang libclang-rt-dev passt
+      skopeo umoci docker-registry mmdebstrap qemu-user-static binfmt-support arch-test)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
