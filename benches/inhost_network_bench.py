@@ -56,7 +56,7 @@ class Bench(http.server.BaseHTTPRequestHandler):
                 break
             t0 = t0 or time.monotonic()
             got += len(chunk)
-        timings.append((time.monotonic() - t0) if got == n else -1.0)
+        timings.append((time.monotonic() - t0) if t0 is not None and got == n else 0.0)
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()

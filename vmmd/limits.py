@@ -54,6 +54,8 @@ class Config:
     worker_rlimit_nofile: int = 4096
     worker_rlimit_nproc: int = 0            # 0 = inherit (threads count against RLIMIT_NPROC)
     worker_fault: str = ""                  # tests only: forbidden_syscall | crash
+    guest_kernel: str = ""                  # BuildImage's guest kernel; "": the pinned cloud one
+    guest_initrd: str = ""                  # BuildImage's initramfs; "": vmmd's, built here
 
     @property
     def socket_path(self) -> str:

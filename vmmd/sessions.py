@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import secrets
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +104,7 @@ class Manager:
         self.cfg = cfg
         self.store = store
         self.cgroups = cgroups
+        self._build_lock = asyncio.Lock()
         self.capacity = Capacity.detect(cfg)
         self.admission = Admission(self.capacity, cfg.vcpu_overcommit, cfg.memory_overcommit)
         self.sessions: dict[str, Session] = {}
@@ -297,13 +300,97 @@ class Manager:
                     "kernel": os.path.basename(src.get("kernel") or ""),
                     "initrd": os.path.basename(src.get("initrd") or ""),
                     "rootfs": os.path.basename(src.get("rootfs") or ""),
-                    "working_set": bool(src.get("working_set")), "source": f"snapshot:{snap}"}
+                    "working_set": bool(src.get("working_set")),
+                    "source": src.get("source") or f"snapshot:{snap}"}
+            if src.get("config"):
+                meta["config"] = src["config"]
             hasher.update(repr(sorted(meta["devices"].items())).encode())
             return await self._commit_image(tmp, name or os.path.basename(snap.rstrip("/")),
                                             meta, hasher)
         except BaseException:
             remove_tree(tmp)
             raise
+
+    async def build_image(self, name: str, dockerfile: str, context: bytes,
+                          build_args: dict, labels: dict, progress) -> dict:
+        """Builds an image from a Dockerfile and a context zip in a build process of its own
+        (vmmd/images/build.py: RUN steps in a build MicroVM, the step cache under the state
+        directory), then registers what it made. `progress(event)` sees every step and log
+        line. One build at a time; a failed build leaves no image."""
+        self.check_serving()
+        check_labels(labels)
+        if not dockerfile.strip():
+            raise InvalidArgument("dockerfile is empty: give the Dockerfile's text")
+        if len(dockerfile) > 1 << 20:
+            raise InvalidArgument("dockerfile is over 1 MiB")
+        from .images import dockerfile as dfmod
+        dfmod.parse(dockerfile, build_args)      # its faults, by line, before any build starts
+        async with self._build_lock:
+            work = os.path.join(self.store.dir, "build-work")
+            await asyncio.get_running_loop().run_in_executor(None, remove_tree, work)
+            os.makedirs(work, mode=0o700)
+            try:
+                ctx = os.path.join(work, "context.zip")
+                with open(ctx, "wb") as f:
+                    f.write(context)
+                spec = {"dockerfile": dockerfile, "context": ctx, "build_args": build_args,
+                        "cache": os.path.join(self.store.dir, "build-cache"),
+                        "work": os.path.join(work, "scratch"), "out": os.path.join(work, "out"),
+                        "kernel": self.cfg.guest_kernel or None,
+                        "initrd": self.cfg.guest_initrd or None}
+                with open(os.path.join(work, "spec.json"), "w") as f:
+                    json.dump(spec, f)
+                result = await self._run_build(os.path.join(work, "spec.json"), progress)
+                from .images import paths as ipaths
+                kernel = spec["kernel"] or str(ipaths.guest_kernel(os.uname().machine).image)
+                initrd = spec["initrd"]
+                if not initrd:
+                    from .images import initramfs
+                    initrd = str(await asyncio.get_running_loop().run_in_executor(
+                        None, initramfs.build, os.uname().machine))
+                src = {"snapshot_dir": result["snapshot"], "kernel": kernel, "initrd": initrd,
+                       "rootfs": result["rootfs"], "working_set": result["working_set"],
+                       "devices": {"linux": True, "net": True}, "agent": {"present": True},
+                       "config": {**result["config"], "digest": result["digest"],
+                                  "base_digest": result["base_digest"],
+                                  "build_timings": result["timings"]},
+                       "source": f"dockerfile:{result['digest']}"}
+                return await self.register_image_from_dir(name, src, labels)
+            finally:
+                await asyncio.get_running_loop().run_in_executor(None, remove_tree, work)
+
+    async def _run_build(self, spec_path: str, progress) -> dict:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vmmd.images.build", spec_path, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=1 << 22)
+        result = error = None
+        try:
+            while line := await proc.stdout.readline():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if "progress" in msg:
+                    await progress(msg["progress"])
+                elif "result" in msg:
+                    result = msg["result"]
+                elif "error" in msg:
+                    error = msg["error"]
+            stderr = (await proc.stderr.read()).decode(errors="replace")
+            await proc.wait()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        if error:
+            if error.get("invalid"):
+                raise InvalidArgument(error["message"])
+            raise Internal(f"the build failed: {error['message']}")
+        if result is None:
+            raise Internal(f"the build process ended ({proc.returncode}) without a result: "
+                           f"{stderr[-2000:]}")
+        return result
 
     async def register_image_from_vm(self, name: str, vm_id: str, agent: dict | None,
                                      labels: dict) -> dict:

@@ -6,8 +6,7 @@ import asyncio
 import dataclasses
 import time
 
-from ..errors import (FailedPrecondition, InvalidArgument, NotFound, Unavailable,
-                      Unimplemented)
+from ..errors import (FailedPrecondition, InvalidArgument, NotFound, Unavailable)
 from ..limits import MAX_NAME, check_labels, validate_launch
 from ..sessions import STATES, Manager
 from ..v1 import images_pb2, microvms_pb2
@@ -77,9 +76,41 @@ class ImageService:
         return images_pb2.DeleteImageResponse(image_id=req.image_id, terminated_microvms=n)
 
     async def BuildImage(self, req, ctx):
-        raise Unimplemented("BuildImage (Dockerfile -> image) is not in this build; register a "
-                            "snapshot with RegisterImage")
-        yield  # pragma: no cover  (makes this an async generator)
+        if len(req.name) > MAX_NAME:
+            raise InvalidArgument(f"name of {len(req.name)} characters: at most {MAX_NAME}")
+        if req.context_path:
+            if not req.context_path.startswith("/"):
+                raise InvalidArgument(f"context_path {req.context_path[:80]!r}: give an absolute "
+                                      "path on the daemon's host")
+            try:
+                with open(req.context_path, "rb") as f:
+                    context = f.read((1 << 30) + 1)
+            except OSError as e:
+                raise InvalidArgument(f"context_path {req.context_path}: {e.strerror}") from None
+        else:
+            context = req.context_zip
+        q: asyncio.Queue = asyncio.Queue()
+
+        async def progress(ev: dict) -> None:
+            await q.put(images_pb2.BuildImageProgress(
+                step=str(ev.get("step", "")), log=str(ev.get("log", ""))[:4096],
+                cached=bool(ev.get("cached")), seconds=float(ev.get("seconds") or 0)))
+        task = asyncio.get_running_loop().create_task(self.m.build_image(
+            req.name, req.dockerfile, context, dict(req.build_args), dict(req.labels), progress))
+        try:
+            while not (task.done() and q.empty()):
+                getter = asyncio.ensure_future(q.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            img = task.result()
+            yield images_pb2.BuildImageProgress(step="done", log=f"image {img['id']}",
+                                                image=self._pb(img))
+        finally:
+            if not task.done():
+                task.cancel()
 
 
 class MicroVMService:

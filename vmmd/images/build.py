@@ -80,6 +80,12 @@ def _progress_nop(_: dict) -> None:
     pass
 
 
+def _file_id(path: str) -> str:
+    """Which kernel (its size and first MiB): part of every step's cache key."""
+    with open(path, "rb") as f:
+        return f"{os.fstat(f.fileno()).st_size}-{hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]}"
+
+
 def base_config(c: oci.ImageConfig) -> dfmod.ImageConfig:
     """The pulled image's config as the Dockerfile evaluator takes it."""
     env = tuple(tuple(e.split("=", 1)) if "=" in e else (e, "") for e in c.env)
@@ -109,7 +115,10 @@ class Builder:
     """One build at a time per cache directory (the caller serializes builds)."""
 
     def __init__(self, cache: str | os.PathLike, work: str | os.PathLike,
-                 progress: Callable[[dict], None] = _progress_nop):
+                 progress: Callable[[dict], None] = _progress_nop, *,
+                 kernel: str | None = None, initrd: str | None = None):
+        """kernel, initrd: the guest's (default: the pinned cloud kernel and vmmd's initramfs)."""
+        self.kernel, self.initrd = kernel, initrd
         self.cache = pathlib.Path(cache)
         self.work = pathlib.Path(work)
         self.progress = progress
@@ -273,7 +282,7 @@ class Builder:
         meta = self._meta(keys[hit - 1]) if hit else {"layers": [], "snapshot": None}
         if hit == total:
             return meta["layers"]
-        lspec = LinuxSpec(spec.arch, str(paths.guest_kernel(spec.arch).image),
+        lspec = LinuxSpec(spec.arch, self._kernel(spec.arch),
                           str(self._initrd(spec.arch)), str(base_ext4), vcpus=spec.vcpus,
                           mem_mib=spec.mem_mib, net=True)
         vmdir = self.work / "build-vm"
@@ -326,8 +335,13 @@ class Builder:
             vm.close()
 
     def _initrd(self, arch: str) -> pathlib.Path:
+        if self.initrd:
+            return pathlib.Path(self.initrd)
         from vmmd.images import initramfs
         return initramfs.build(arch)
+
+    def _kernel(self, arch: str) -> str:
+        return self.kernel or str(paths.guest_kernel(arch).image)
 
     # ---------- the image ----------
 
@@ -397,7 +411,7 @@ class Builder:
         with ctxmod.Context.from_zip(spec.context, spec.context_limits) as ctx:
             root_key = "sha256:" + hashlib.sha256(json.dumps({
                 "base": base.digest, "arch": spec.arch, "disk": spec.disk_bytes,
-                "kernel": paths.guest_kernel(spec.arch).release,
+                "kernel": _file_id(self._kernel(spec.arch)),
                 "initrd": self._initrd(spec.arch).name}).encode()).hexdigest()
             keys = self._keys(df, ctx, root_key)
             t1 = time.monotonic()
@@ -426,7 +440,7 @@ class Builder:
                           timings: dict) -> bool:
         """Boots the rootfs, starts the app, waits for it, snapshots; then the validation run.
         Returns whether a working set was recorded."""
-        lspec = LinuxSpec(spec.arch, str(paths.guest_kernel(spec.arch).image),
+        lspec = LinuxSpec(spec.arch, self._kernel(spec.arch),
                           str(self._initrd(spec.arch)), str(tmp / "rootfs.ext4"),
                           vcpus=spec.vcpus, mem_mib=spec.mem_mib, net=True)
         t0 = time.monotonic()
@@ -472,3 +486,39 @@ class Builder:
             v.close()
         shutil.rmtree(tmp / "validate-vm", ignore_errors=True)
         return True
+
+
+def main() -> int:
+    """`python -m vmmd.images.build SPEC.json`: the daemon's build process. The spec names the
+    Dockerfile text, the context zip's path, build args, arch, cache, work and output
+    directories. Prints one JSON object per line: {"progress": {...}}, then {"result": {...}}
+    or {"error": {"message": ..., "invalid": bool}}."""
+    import sys
+    spec = json.loads(open(sys.argv[1]).read())
+
+    def emit(obj: dict) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+    b = Builder(spec["cache"], spec["work"], lambda ev: emit({"progress": ev}),
+                kernel=spec.get("kernel"), initrd=spec.get("initrd"))
+    bs = BuildSpec(spec["dockerfile"], spec["context"], dict(spec.get("build_args") or {}),
+                   arch=spec.get("arch") or os.uname().machine,
+                   mem_mib=int(spec.get("mem_mib") or 512),
+                   disk_bytes=int(spec.get("disk_bytes") or 4 << 30))
+    try:
+        r = asyncio.run(b.build(bs, spec["out"]))
+    except (BuildError, ValueError) as e:       # the user's to fix (InvalidArgument is one)
+        emit({"error": {"message": str(e), "invalid": True}})
+        return 1
+    except Exception as e:  # noqa: BLE001 - reported to the daemon, which says it failed
+        emit({"error": {"message": f"{type(e).__name__}: {e}", "invalid": False}})
+        return 2
+    emit({"result": {"snapshot": str(r.snapshot), "rootfs": str(r.rootfs),
+                     "working_set": str(r.working_set) if r.working_set else "",
+                     "config": r.config, "digest": r.digest, "base_digest": r.base_digest,
+                     "timings": r.timings}})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
