@@ -17,6 +17,8 @@ import images_support as sup
 from vmmd.images import oci
 
 PACKAGES = ("python3", "python3-flask", "busybox")     # the demo's base too: one cache entry
+# the first test to use the base builds it on a cold cache (~1 min of mmdebstrap and gzip)
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
