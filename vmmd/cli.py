@@ -240,6 +240,66 @@ def images_register(
     _emit([_run("registering", lambda: imgs.RegisterImage(req))], IMG_COLS)
 
 
+@images_app.command("build")
+def images_build(
+        context: str = typer.Argument(..., help="the build context: a zip of the code"),
+        file: str = typer.Option(..., "--file", "-f", help="the Dockerfile"),
+        name: str = typer.Option("", "--name"),
+        build_arg: list[str] = typer.Option(None, "--build-arg", help="KEY=VALUE"),
+        label: list[str] = typer.Option(None, "--label", "-l")):
+    """Build an image from a Dockerfile and a zip: each step's progress, then the image."""
+    import grpc
+    from rich.live import Live
+    from rich.table import Table
+
+    from .v1 import images_pb2 as ipb
+    imgs, _, _ = C.stubs()
+    with open(file) as f:
+        dockerfile = f.read()
+    with open(context, "rb") as f:
+        data = f.read()
+    req = ipb.BuildImageRequest(name=name, dockerfile=dockerfile, context_zip=data,
+                                build_args=_labels(build_arg), labels=_labels(label))
+    con = _console()
+    steps: dict[str, list] = {}
+
+    def table() -> Table:
+        t = Table(show_header=True, header_style="bold")
+        for col in ("STEP", "", "TIME", "LAST LINE"):
+            t.add_column(col)
+        for step, (text, cached, secs, last) in steps.items():
+            t.add_row(step, "cached" if cached else "", f"{secs:.1f} s" if secs else "",
+                      last[-100:])
+        return t
+    image = None
+    try:
+        with Live(table(), console=con, refresh_per_second=4,
+                  transient=False, auto_refresh=con.is_terminal and not C.json) as live:
+            for ev in imgs.BuildImage(req):
+                if ev.HasField("image"):
+                    image = ev.image
+                    continue
+                row = steps.setdefault(ev.step, [ev.log, False, 0.0, ""])
+                row[1] = row[1] or ev.cached
+                row[2] = ev.seconds or row[2]
+                row[3] = ev.log
+                if C.json:
+                    typer.echo(json.dumps({"step": ev.step, "log": ev.log, "cached": ev.cached,
+                                           "seconds": ev.seconds}))
+                else:
+                    live.update(table())
+    except grpc.RpcError as e:
+        code = e.code().name if e.code() else "UNKNOWN"
+        con.print(f"[red]error[/red] ({code}): {e.details()}", highlight=False)
+        raise typer.Exit(EXIT.get(code, 1))
+    if image is not None:
+        _emit([image], IMG_COLS)
+
+
+ctl.command("build", help="Build an image from a Dockerfile and a zip (= images build).")(
+    images_build)
+
+
 @images_app.command("get")
 def images_get(image_id: str):
     """Show one image."""

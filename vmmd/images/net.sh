@@ -1,8 +1,9 @@
-#!/bin/busybox sh
+#!/run/vmmd/busybox sh
 # vmmd-net: the guest's network (docs/network.md). init runs `vmmd-net boot` before the agent;
 # the host runs `vmmd-net restored MAC` through the agent after every restore (each copy of a
-# snapshot has its own MAC and its own backend). Lives in /run/vmmd with its own busybox, so it
-# works on any root filesystem, even one without a shell.
+# snapshot has its own MAC and its own backend). Lives in /run/vmmd with its own busybox (the
+# interpreter above, and what udhcpc runs it with), so it works on any root filesystem, even one
+# without a shell or a busybox.
 #   vmmd.net=dhcp                          DHCP on the first ethernet interface
 #   vmmd.net=ADDR/PREFIX,GATEWAY[,DNS]     a static address
 bb=/run/vmmd/busybox
