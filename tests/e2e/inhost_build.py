@@ -32,7 +32,7 @@ app = Flask(__name__)
 
 @app.route("/")
 def hello():
-    return f"{os.environ.get('GREETING', '?')} from flask {VERSION}\\n"
+    return f"{os.environ.get('GREETING', '?')} from app v1 with flask {VERSION}\\n"
 
 VERSION = open("/app/flask-version").read().strip()
 if __name__ == "__main__":
@@ -162,7 +162,7 @@ async def main() -> None:
             bodies.append(body)
             launch.append(t)
             timing(f"launch_to_http_{i}", t)
-        check("sessions_answer", all(b.startswith("hello from flask") for b in bodies))
+        check("sessions_answer", all(b.startswith("hello from app v1 with flask") for b in bodies))
         cold = res.timings.get("init_boot_s", 0) + res.timings.get("app_ready_s", 0)
         timing("cold_boot_plus_app_ready", cold)
         check("working_set", res.working_set is not None and res.working_set.exists())
@@ -170,12 +170,12 @@ async def main() -> None:
         timing("build_unchanged", took)
         check("unchanged_rebuild_ran_runs", rec2.ran("RUN"))
         check("unchanged_same_digest", res2.digest == res.digest)
-        res3, rec3, took = await build(base, APP.replace("from flask", "from the new flask"),
+        res3, rec3, took = await build(base, APP.replace("app v1", "app v2"),
                                        f"{WORK}/image3", arch, kernel, initrd)
         timing("build_one_file_changed", took)
         check("changed_rebuild_ran", f"RUN={rec3.ran('RUN')},COPY={rec3.ran('COPY')}")
         body, _ = await session(res3, arch, kernel, initrd, "s3")
-        check("changed_app_answers", body.startswith("hello from the new flask"))
+        check("changed_app_answers", body.startswith("hello from app v2"))
         await bad(base, arch, kernel, initrd)
     check("done", True)
 

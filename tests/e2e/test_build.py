@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 def test_flask_image_builds_launches_twice_and_caches_its_steps(testhost, tmp_path):
     import hosts
     from images_support import base_image
-    layout = base_image("x86_64", ["python3", "python3-flask"])
+    layout = base_image("x86_64", ("python3", "python3-flask", "busybox"))  # the demo's too
     kernel, initrd = paths.guest_kernel("x86_64").image, initramfs.build("x86_64")
     script = hosts.ROOT / "tests" / "e2e" / "inhost_build.py"
     cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python("x86_64"), script, kernel, initrd,
