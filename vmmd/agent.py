@@ -342,14 +342,22 @@ class Agent:
     @classmethod
     def hybrid(cls, uds_path: str | os.PathLike, port: int = DEFAULT_PORT, **kw) -> "Agent":
         async def connect() -> Streams:
-            r, w = await _open_unix(os.fspath(uds_path))
-            w.write(f"CONNECT {port}\n".encode())
-            await w.drain()
-            line = await r.readline()
-            if not line.startswith(b"OK "):
+            # Right after a restore the guest handles the VMM's TRANSPORT_RESET event on its
+            # own time and resets every connection it has then, one that is being set up
+            # included: the device then closes ours with no answer. Seen in a validation
+            # restore (a ping passed, the next connect got b''). A connect has no effect yet,
+            # so a closed handshake is tried again, a few times.
+            for attempt in range(4):
+                r, w = await _open_unix(os.fspath(uds_path))
+                w.write(f"CONNECT {port}\n".encode())
+                await w.drain()
+                line = await r.readline()
+                if line.startswith(b"OK "):
+                    return r, w
                 w.close()
-                raise ProtocolError(f"hybrid vsock: CONNECT {port} answered {line[:80]!r}")
-            return r, w
+                if line or attempt == 3:
+                    raise ProtocolError(f"hybrid vsock: CONNECT {port} answered {line[:80]!r}")
+                await asyncio.sleep(0.05 * (attempt + 1))
         return cls(connect, **kw)
 
     async def open(self, request: dict) -> Conn:

@@ -26,7 +26,7 @@ import threading
 import time
 
 from vmmd import net
-from vmmd.agent import Agent, AgentError
+from vmmd.agent import Agent, AgentError, ProtocolError
 from vmmd.native import VM, Backend, Device, DeviceType
 
 VSOCK_CID = 3
@@ -178,7 +178,13 @@ class MicroVM:
     async def after_restore(self) -> dict:
         """What a restored copy needs before it serves: the guest's clock and entropy, and its
         network (this copy's MAC, a new lease from its own passt)."""
-        sync = await self.agent.sync_after_restore(reset_tcp=self.network is not None)
+        try:
+            sync = await self.agent.sync_after_restore(reset_tcp=self.network is not None)
+        except ProtocolError:
+            # the guest's handling of the restore's TRANSPORT_RESET can land on this very
+            # connection (vmmd.agent.Agent.hybrid); syncing twice is harmless
+            await asyncio.sleep(0.1)
+            sync = await self.agent.sync_after_restore(reset_tcp=self.network is not None)
         if self.network:
             r = await self.agent.run(["/run/vmmd/net", "restored", net.mac_text(self.network.mac)])
             if r.code != 0:

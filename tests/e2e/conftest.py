@@ -43,6 +43,24 @@ class TestHost:
                          f"{r.wall_seconds:.1f} s, status {r.status}")
         return r
 
+    def script(self, path, *args, what: str, timeout: float, **kw):
+        """Runs an in-host script (`python path args...` from the checkout) that prints
+        `CHECK name value` and `TIME name value` lines; the TIMEs go to the summary under
+        `what`. Returns (checks, output, HostResult); the output and console are kept in
+        `kw["keep"]` (a directory) when given."""
+        import re
+        keep = kw.pop("keep", None)
+        cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python(self.arch), path, *args))
+        r = self.run(f"cd {shlex.quote(str(hosts.ROOT))} && {cmd} 2>&1; "
+                     f"echo runner_status=$?", timeout=timeout,
+                     env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": "", **kw.pop("env", {})},
+                     **kw)
+        if keep is not None:
+            (keep / "output.txt").write_text(r.output + "\n--- host console ---\n" + r.console)
+        for m in re.findall(r"^TIME (.*)$", r.output, re.M):
+            self.note(f"{what}: {m}")
+        return dict(re.findall(r"^CHECK (\S+) (.*)$", r.output, re.M)), r.output, r
+
     def note(self, line: str) -> None:
         """A line for the "emulated KVM hosts" section of the test summary."""
         BOOTS.append(f"{self.arch} host: {line}")

@@ -6,9 +6,6 @@ and bad input is refused with no image left behind. The Debian base (python3, py
 is made here with mmdebstrap and cached (tests/images_support.py)."""
 from __future__ import annotations
 
-import re
-import shlex
-
 import pytest
 
 from vmmd.images import initramfs, paths
@@ -21,19 +18,10 @@ def test_flask_image_builds_launches_twice_and_caches_its_steps(testhost, tmp_pa
     from images_support import base_image
     layout = base_image("x86_64", ("python3", "python3-flask", "busybox"))  # the demo's too
     kernel, initrd = paths.guest_kernel("x86_64").image, initramfs.build("x86_64")
-    script = hosts.ROOT / "tests" / "e2e" / "inhost_build.py"
-    cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python("x86_64"), script, kernel, initrd,
-                                                layout, "x86_64"))
-    host = testhost("x86_64")
-    r = host.run(f"cd {shlex.quote(str(hosts.ROOT))} && {cmd} 2>&1; echo runner_status=$?",
-                 env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": ""}, mem_mb=6144,
-                 binds=[str(kernel.parent), str(initrd.parent), str(layout), str(tmp_path)],
-                 timeout=1500)
-    out = r.output
-    (tmp_path / "output.txt").write_text(out + "\n--- host console ---\n" + r.console)
-    for m in re.findall(r"^TIME (.*)$", out, re.M):
-        host.note(f"build: {m}")
-    checks = dict(re.findall(r"^CHECK (\S+) (.*)$", out, re.M))
+    checks, out, r = testhost("x86_64").script(
+        hosts.ROOT / "tests" / "e2e" / "inhost_build.py", kernel, initrd, layout, "x86_64",
+        what="build", timeout=1500, mem_mb=6144, keep=tmp_path,
+        binds=[str(kernel.parent), str(initrd.parent), str(layout), str(tmp_path)])
     assert checks.get("done") == "True", out[-8000:] + r.console[-2000:]
     assert checks["first_build_ran_runs"] == "2"
     assert checks["sessions_answer"] == "True"

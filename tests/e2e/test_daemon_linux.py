@@ -7,9 +7,6 @@ another MicroVM of the same image does not see the first one's files and is ende
 cap; WatchEvents shows every transition (tests/e2e/inhost_daemon_linux.py does the driving)."""
 from __future__ import annotations
 
-import re
-import shlex
-
 import pytest
 
 from vmmd.images import initramfs, paths
@@ -22,18 +19,10 @@ def test_daemon_runs_linux_microvms_through_the_agent_and_suspends_them(testhost
     import hosts
     kernel, initrd = paths.guest_kernel("x86_64").image, initramfs.build("x86_64")
     disk = busybox_rootfs(paths.busybox("x86_64"), tmp_path / "root.ext4", size_mb=128)
-    script = hosts.ROOT / "tests" / "e2e" / "inhost_daemon_linux.py"
-    cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python("x86_64"), script, kernel, initrd,
-                                                disk))
-    host = testhost("x86_64")
-    r = host.run(f"cd {shlex.quote(str(hosts.ROOT))} && {cmd} 2>&1; echo runner_status=$?",
-                 env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": ""},
-                 binds=[str(kernel.parent), str(initrd.parent), str(tmp_path)], timeout=800)
-    out = r.output
-    (tmp_path / "output.txt").write_text(out + "\n--- host console ---\n" + r.console)
-    for m in re.findall(r"^TIME (.*)$", out, re.M):
-        host.note(f"daemon + Linux MicroVM: {m}")
-    checks = dict(re.findall(r"^CHECK (\S+) (.*)$", out, re.M))
+    checks, out, r = testhost("x86_64").script(
+        hosts.ROOT / "tests" / "e2e" / "inhost_daemon_linux.py", kernel, initrd, disk,
+        what="daemon + Linux MicroVM", timeout=800, keep=tmp_path,
+        binds=[str(kernel.parent), str(initrd.parent), str(tmp_path)])
     assert checks.get("done") == "True", out[-6000:] + r.console[-2000:]
     assert checks["launch_state"] == "MICROVM_STATE_RUNNING"
     assert checks["uname"] == "x86_64"

@@ -54,23 +54,13 @@ def test_aarch64_guest_network(testhost, tmp_path):
 def test_daemon_launches_networked_microvms_with_policy_ports_and_wake(testhost, tmp_path):
     """tests/e2e/inhost_daemon_network.py: Launch with a policy and an exposed port, a download,
     Connect(network), SetEgress, and after a suspend a new MAC and the network back."""
-    import shlex
-
     import hosts
     kernel, initrd = paths.guest_kernel("x86_64").image, initramfs.build("x86_64")
     disk = busybox_rootfs(paths.busybox("x86_64"), tmp_path / "root.ext4", size_mb=128)
-    script = hosts.ROOT / "tests" / "e2e" / "inhost_daemon_network.py"
-    cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python("x86_64"), script, kernel, initrd,
-                                                disk))
-    host = testhost("x86_64")
-    r = host.run(f"cd {shlex.quote(str(hosts.ROOT))} && {cmd} 2>&1; echo runner_status=$?",
-                 env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": ""},
-                 binds=[str(kernel.parent), str(initrd.parent), str(tmp_path)], timeout=600)
-    out = r.output
-    (tmp_path / "output.txt").write_text(out + "\n--- host console ---\n" + r.console)
-    for m in re.findall(r"^TIME (.*)$", out, re.M):
-        host.note(f"daemon + network: {m}")
-    checks = dict(re.findall(r"^CHECK (\S+) (.*)$", out, re.M))
+    checks, out, r = testhost("x86_64").script(
+        hosts.ROOT / "tests" / "e2e" / "inhost_daemon_network.py", kernel, initrd, disk,
+        what="daemon + network", timeout=600, keep=tmp_path,
+        binds=[str(kernel.parent), str(initrd.parent), str(tmp_path)])
     assert checks.get("done") == "True", out[-6000:] + r.console[-2000:]
     for name in ("image_net", "mac_set", "port_forwarded", "download_intact",
                  "guest_mac_is_launch_mac", "connect_network", "egress_reported",
