@@ -21,7 +21,8 @@ import zipfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from images_support import push, registry  # noqa: E402
-from vmmd.images.build import BuildError, Builder, BuildSpec  # noqa: E402
+from vmmd.errors import InvalidArgument  # noqa: E402
+from vmmd.images.build import Builder, BuildSpec  # noqa: E402
 from vmmd.microvm import LinuxSpec, MicroVM, NetOptions  # noqa: E402
 from vmmd.net import EgressPolicy  # noqa: E402
 
@@ -127,7 +128,7 @@ async def bad(base: str, arch: str, kernel: str, initrd: str) -> None:
         try:
             await build(base, APP, out, arch, kernel, initrd, df, files)
             check(f"bad_{name}", "accepted")
-        except (BuildError, ValueError) as e:
+        except InvalidArgument as e:
             msg = str(e).replace("\n", " | ")
             check(f"bad_{name}", f"refused:{not os.path.exists(out)}:{msg[:300]}")
     try:
@@ -139,7 +140,7 @@ async def bad(base: str, arch: str, kernel: str, initrd: str) -> None:
         await b.build(BuildSpec(DOCKERFILE.format(base=base), buf.getvalue(), arch=arch),
                       f"{WORK}/bad-zip")
         check("bad_zip_slip", "accepted")
-    except (BuildError, ValueError) as e:
+    except InvalidArgument as e:
         check("bad_zip_slip", f"refused:{not os.path.exists(f'{WORK}/bad-zip')}:"
               f"{str(e)[:200]}")
 

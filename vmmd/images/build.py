@@ -33,6 +33,7 @@ import time
 from typing import Callable
 
 from vmmd.agent import AgentError
+from vmmd.errors import InvalidArgument
 from vmmd.images import context as ctxmod
 from vmmd.images import dockerfile as dfmod
 from vmmd.images import flatten, oci, paths, stepcache
@@ -46,8 +47,9 @@ APP_LOG = "/run/vmmd/app.log"
 LOG_TAIL = 4000
 
 
-class BuildError(ValueError):
-    """The build failed for a reason the user can fix; the message says which step and why."""
+class BuildError(InvalidArgument):
+    """The build failed for a reason the user can fix; the message says which step and why.
+    Like the parser's, the context's and the base image's errors, an INVALID_ARGUMENT."""
 
 
 @dataclasses.dataclass
@@ -507,7 +509,7 @@ def main() -> int:
                    disk_bytes=int(spec.get("disk_bytes") or 4 << 30))
     try:
         r = asyncio.run(b.build(bs, spec["out"]))
-    except (BuildError, ValueError) as e:       # the user's to fix (InvalidArgument is one)
+    except (InvalidArgument, ValueError) as e:   # the user's to fix
         emit({"error": {"message": str(e), "invalid": True}})
         return 1
     except Exception as e:  # noqa: BLE001 - reported to the daemon, which says it failed
