@@ -74,6 +74,7 @@ class Session:
     timings: dict = field(default_factory=dict)
     launched: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     net: dict | None = None       # the worker's NIC: {"mac": hex, "forwards": [[guest, host]]}
+    early_stop: dict | None = None   # a "stopped" event that came while LAUNCHING/RESUMING
 
     def record(self) -> dict:
         return {"id": self.id, "image_id": self.image_id, "state": self.state,
@@ -533,6 +534,7 @@ class Manager:
         s.started = loop.create_future()
         s.exited = loop.create_future()
         s.expect_exit = False
+        s.early_stop = None
         t0 = time.monotonic()
         pid, sock = await self.zygote.spawn(conf)
         t1 = time.monotonic()
@@ -558,12 +560,22 @@ class Manager:
             if s.started and not s.started.done():
                 s.started.set_exception(Internal(f"restore of {s.id} failed: {ev.get('error')}"))
         elif kind == "stopped":
-            if s.state in (RUNNING, PAUSED) and not s.expect_exit:
+            if s.state in (LAUNCHING, RESUMING) and not s.expect_exit:
+                s.early_stop = ev       # before RUNNING was committed: handled right after it
+            elif s.state in (RUNNING, PAUSED) and not s.expect_exit:
                 reason = ("guest exited with code %d" % ev.get("exit_code", 0)
                           if ev.get("reason") == "guest_exit" else
                           f"VM stopped ({ev.get('reason')}): {ev.get('message') or 'no message'}")
                 self._event(s, "GUEST_EXITED", s.state, s.state, reason, int(ev.get("exit_code", 0)))
                 self._spawn_task(self.terminate(s.id, reason))
+
+    def _replay_early_stop(self, s: Session) -> None:
+        """A guest that stopped before its MicroVM was RUNNING (it exited at once) ends it now;
+        the event was kept rather than dropped (seen under load: a test guest that exits
+        immediately stayed RUNNING forever)."""
+        ev, s.early_stop = s.early_stop, None
+        if ev is not None:
+            self._on_worker_event(s, ev)
 
     def _on_exit(self, pid: int, status: int | None) -> None:
         s = self.by_pid.pop(pid, None)
@@ -659,6 +671,7 @@ class Manager:
                     raise Internal(f"{reason}; the image's snapshot may not restore on this host "
                                    "(see the MicroVM's worker.log)") from None
                 self._set_state(s, RUNNING, "launched")
+                self._replay_early_stop(s)
                 await self._sync_agent(s)
                 await self._hook(s, "run")
         finally:
@@ -763,6 +776,7 @@ class Manager:
             self._set_state(s, SUSPENDED, f"resume failed: {e}")
             raise Internal(f"resume of {s.id} failed: {e}; it stays SUSPENDED") from None
         self._set_state(s, RUNNING, reason)
+        self._replay_early_stop(s)
         await self._sync_agent(s)
         await self._hook(s, "resume")
         return s
