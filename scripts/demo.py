@@ -60,6 +60,9 @@ def linux_in_host() -> int:
                       env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": ""}, mem_mb=6144,
                       binds=[str(kernel.parent), str(initrd.parent), str(work), str(layout)])
         print(r.output.rstrip())
+        if not r.ok:
+            print(f"  (the run in the emulated host failed, status {r.status}; its console:)\n"
+                  + r.console[-3000:])
         print(f"  (the emulated host booted in {r.boot_seconds} s; the whole run took "
               f"{time.perf_counter() - t0:.1f} s)")
         return 0 if r.ok else 1

@@ -170,7 +170,10 @@ def main() -> None:
     if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):   # the host's init mounts none
         subprocess.run(["mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup"], check=True)
     with open(f"{WORK}/vmmd.toml", "w") as f:
-        f.write(f'socket = "{SOCK}"\nreserved_memory_mib = 256\n')
+        # BuildImage's guest: the kernel and initramfs this demo was given (the host has no
+        # compiler to build vmmd's initramfs itself)
+        f.write(f'socket = "{SOCK}"\nreserved_memory_mib = 256\n'
+                f'guest_kernel = "{kernel}"\nguest_initrd = "{initrd}"\n')
     log = open(f"{WORK}/vmmd.log", "ab")
     daemon = subprocess.Popen([sys.executable, "-m", "vmmd.cli", "serve", "--state-dir",
                                f"{WORK}/state", "--config", f"{WORK}/vmmd.toml"],
@@ -236,6 +239,14 @@ def main() -> None:
             c.vms.Terminate(mpb.TerminateRequest(microvm_id=vm))
         if layout:
             image_then_launch(c, layout)
+    except BaseException:
+        print("--- vmmd log (tail) ---\n" + open(f"{WORK}/vmmd.log").read()[-6000:])
+        for d in sorted(os.listdir(f"{WORK}/state/vms")) if os.path.isdir(f"{WORK}/state/vms") else []:
+            for f in ("worker.log", "serial.log"):
+                path = f"{WORK}/state/vms/{d}/{f}"
+                if os.path.exists(path):
+                    print(f"--- {d}/{f} ---\n" + open(path, errors="replace").read()[-3000:])
+        raise
     finally:
         daemon.terminate()
         daemon.wait(30)
