@@ -361,9 +361,14 @@ class Manager:
                 await asyncio.get_running_loop().run_in_executor(None, remove_tree, work)
 
     async def _run_build(self, spec_path: str, progress) -> dict:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vmmd.images.build", spec_path, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=1 << 22)
+        # stderr to a file, not a second pipe: nothing it writes can block the build while
+        # stdout is being read
+        log_path = os.path.join(os.path.dirname(spec_path), "build.log")
+        with open(log_path, "wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "vmmd.images.build", spec_path,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
+                limit=1 << 22)
         result = error = None
         try:
             while line := await proc.stdout.readline():
@@ -377,8 +382,9 @@ class Manager:
                     result = msg["result"]
                 elif "error" in msg:
                     error = msg["error"]
-            stderr = (await proc.stderr.read()).decode(errors="replace")
             await proc.wait()
+            with open(log_path, "rb") as f:
+                stderr = f.read()[-4000:].decode(errors="replace")
         except BaseException:
             if proc.returncode is None:
                 proc.kill()
