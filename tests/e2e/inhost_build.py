@@ -87,7 +87,7 @@ async def build(base: str, app: str, out: str, arch: str, kernel: str, initrd: s
     rec = Recorder()
     b = Builder(f"{WORK}/cache", f"{WORK}/work", rec, kernel=kernel, initrd=initrd)
     spec = BuildSpec(dockerfile.format(base=base), zipped(files or {"app.py": app}),
-                     arch=arch, mem_mib=256, disk_bytes=2 << 30, ready_timeout=600)
+                     arch=arch, mem_mib=256, disk_bytes=2 << 30, ready_timeout=240)
     t0 = time.monotonic()
     res = await b.build(spec, out)
     return res, rec, time.monotonic() - t0

@@ -82,6 +82,17 @@ def _progress_nop(_: dict) -> None:
     pass
 
 
+def _copy_tree(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Files keep their holes (an image's rootfs is mostly holes); directories are made."""
+    from vmmd.store import copy_sparse
+    for d, _, files in os.walk(src):
+        rel = pathlib.Path(d).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            copy_sparse(os.path.join(d, f), str(dst / rel / f))
+            os.chmod(dst / rel / f, os.stat(os.path.join(d, f)).st_mode & 0o7777)
+
+
 def _file_id(path: str) -> str:
     """Which kernel (its size and first MiB): part of every step's cache key."""
     with open(path, "rb") as f:
@@ -124,7 +135,7 @@ class Builder:
         self.cache = pathlib.Path(cache)
         self.work = pathlib.Path(work)
         self.progress = progress
-        for d in ("steps", "bases", "oci"):
+        for d in ("steps", "bases", "oci", "images"):
             (self.cache / d).mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
 
@@ -423,11 +434,28 @@ class Builder:
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        # the initialized image, cached by everything that makes it: an unchanged rebuild
+        # runs no VM at all
+        made = self.cache / "images" / hashlib.sha256(json.dumps(
+            [digest, spec.vcpus, spec.mem_mib, _file_id(self._kernel(spec.arch)),
+             self._initrd(spec.arch).name]).encode()).hexdigest()[:40]
         try:
-            t1 = time.monotonic()
-            flatten.flatten(base_ext4, layers, tmp / "rootfs.ext4")
-            timings["flatten_s"] = time.monotonic() - t1
-            result = await self._initialize(spec, df.config, tmp, timings)
+            if (made / "done").exists():
+                _copy_tree(made, tmp)
+                (tmp / "done").unlink()
+                result = (tmp / "working_set").exists()
+                self.say(step="initialize", log="the initialized image is cached", cached=True)
+            else:
+                t1 = time.monotonic()
+                flatten.flatten(base_ext4, layers, tmp / "rootfs.ext4")
+                timings["flatten_s"] = time.monotonic() - t1
+                result = await self._initialize(spec, df.config, tmp, timings)
+                part = made.with_name(f".{made.name}.{os.getpid()}")
+                shutil.rmtree(part, ignore_errors=True)
+                _copy_tree(tmp, part)
+                (part / "done").touch()
+                shutil.rmtree(made, ignore_errors=True)
+                os.rename(part, made)
             os.rename(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
