@@ -5,6 +5,7 @@ bytes both ways, the start message, and the end of the stream reaching the local
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import socket
 import subprocess
@@ -70,4 +71,8 @@ def test_port_forward_relays_a_request_and_its_answer_then_ends_the_connection(t
         p.kill()
         p.wait()
         loop, server = stop[0]
-        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
+        try:        # stopping ends wait_for_termination, and asyncio.run may cancel the stop
+            asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
+        except concurrent.futures.CancelledError:
+            pass
+        t.join(10)
