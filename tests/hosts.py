@@ -37,6 +37,15 @@ class HostResult:
         return self.status == 0
 
     @property
+    def passed_cleanly(self) -> bool:
+        """A pytest selection run in the host ended with its summary line saying only "N
+        passed": nothing failed, errored or skipped (a skip inside a host is a missing part)."""
+        lines = self.output.strip().splitlines()
+        last = lines[-1] if lines else ""
+        return self.ok and bool(re.search(r"\d+ passed", last)) and \
+            not re.search(r"failed|error|skipped", last)
+
+    @property
     def host_broke(self) -> bool:
         """The emulated host's own kernel stopped scheduling (docs/emulated-hosts.md): its
         console reports soft lockups or RCU stalls. That is QEMU's emulation failing under us,

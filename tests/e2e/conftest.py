@@ -61,6 +61,30 @@ class TestHost:
             self.note(f"{what}: {m}")
         return dict(re.findall(r"^CHECK (\S+) (.*)$", r.output, re.M)), r.output, r
 
+    def guest_pytest(self, module: str, tmp_path, *, prefix: str, what: str, timeout: float,
+                     env: dict | None = None):
+        """Runs an in-host pytest module against a Linux guest: the pinned cloud kernel,
+        vmmd's initramfs and a busybox root disk, built here (the hosts have no compiler) and
+        named by VMMD_GUEST_KERNEL/INITRD/DISK. Its `<prefix>: ...` lines go to the summary
+        under `what`; output and console are kept in tmp_path."""
+        import re
+
+        from vmmd.images import initramfs, paths
+        from vmmd.images.rootfs import busybox_rootfs
+        kernel = paths.guest_kernel(self.arch).image
+        initrd = initramfs.build(self.arch)
+        disk = busybox_rootfs(paths.busybox(self.arch), tmp_path / "root.ext4", size_mb=128)
+        r = self.pytest(module, "-s", guests=(), timeout=timeout,
+                        env={"PYTHONUNBUFFERED": "1",     # what ran shows even if the host hangs
+                             "VMMD_GUEST_KERNEL": str(kernel), "VMMD_GUEST_INITRD": str(initrd),
+                             "VMMD_GUEST_DISK": str(disk), **(env or {})},
+                        binds=[str(kernel.parent), str(initrd.parent), str(tmp_path)])
+        (tmp_path / "inhost-output.txt").write_text(r.output + "\n--- host console ---\n" +
+                                                    r.console)
+        for m in re.findall(rf"^{prefix}: (.*)$", r.output, re.M):
+            self.note(f"{what}: {m}")
+        return r
+
     def note(self, line: str) -> None:
         """A line for the "emulated KVM hosts" section of the test summary."""
         BOOTS.append(f"{self.arch} host: {line}")

@@ -3,8 +3,6 @@ arm64 snapshot suite (tests/kvm/test_arm64_snapshot.py: registers, vGICv3, timer
 both backends, diffs, refusals) with the cross-built core."""
 import pytest
 
-from test_hosts import passed_cleanly
-
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(700)]
 
 
@@ -12,4 +10,4 @@ def test_aarch64_snapshots_restore_registers_vgic_and_timer(testhost):
     r = testhost("aarch64").pytest("tests/kvm/test_arm64_snapshot.py",
                                    guests=("counter", "ticker", "psci"), timeout=600)
     assert "kvm: yes" in r.console, r.console[-2000:]
-    assert passed_cleanly(r), r.output + r.console[-2000:]
+    assert r.passed_cleanly, r.output + r.console[-2000:]

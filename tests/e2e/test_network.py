@@ -6,7 +6,6 @@ restored copies with their own MACs. Everything is built here first (the hosts h
 compiler)."""
 from __future__ import annotations
 
-import re
 
 import pytest
 
@@ -17,37 +16,21 @@ pytestmark = pytest.mark.e2e
 
 
 def run_in_host(testhost, arch: str, tmp_path, timeout: float):
-    kernel = paths.guest_kernel(arch).image
-    initrd = initramfs.build(arch)
-    disk = busybox_rootfs(paths.busybox(arch), tmp_path / "root.ext4", size_mb=128)
-    host = testhost(arch)
-    r = host.pytest("tests/e2e/inhost_network.py", "-s", guests=(), timeout=timeout,
-                    env={"PYTHONUNBUFFERED": "1",
-                         "VMMD_GUEST_KERNEL": str(kernel), "VMMD_GUEST_INITRD": str(initrd),
-                         "VMMD_GUEST_DISK": str(disk)},
-                    binds=[str(kernel.parent), str(initrd.parent), str(tmp_path)])
-    (tmp_path / "inhost-output.txt").write_text(r.output + "\n--- host console ---\n" + r.console)
-    for m in re.findall(r"^vmmd-net: (.*)$", r.output, re.M):
-        host.note(f"network: {m}")
-    return r
-
-
-def passed_cleanly(r) -> bool:
-    last = r.output.strip().splitlines()[-1] if r.output.strip() else ""
-    return r.ok and re.search(r"\d+ passed", last) and not re.search(r"failed|error|skipped", last)
+    return testhost(arch).guest_pytest("tests/e2e/inhost_network.py", tmp_path,
+                                       prefix="vmmd-net", what="network", timeout=timeout)
 
 
 # the host's timeout well inside pytest's (docs/emulated-hosts.md, "timeouts")
 @pytest.mark.timeout(1300)
 def test_x86_64_guest_network(testhost, tmp_path):
     r = run_in_host(testhost, "x86_64", tmp_path, timeout=540)
-    assert passed_cleanly(r), r.output[-6000:] + r.console[-2000:]
+    assert r.passed_cleanly, r.output[-6000:] + r.console[-2000:]
 
 
 @pytest.mark.timeout(2000)
 def test_aarch64_guest_network(testhost, tmp_path):
     r = run_in_host(testhost, "aarch64", tmp_path, timeout=960)
-    assert passed_cleanly(r), r.output[-6000:] + r.console[-2000:]
+    assert r.passed_cleanly, r.output[-6000:] + r.console[-2000:]
 
 
 @pytest.mark.timeout(1300)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from guests import PARAMS, RESULTS
+from guests import PARAMS
 from test_virtio import boot, devices, results, wait_results
 from vmmd.native import VM, Backend, Device, DeviceType, NetRule, VmmError
 
