@@ -930,8 +930,8 @@ class Manager:
             log.info("agent synced", extra={"vm": s.id, "generation": r.get("generation")})
             if s.net:
                 # the guest's NIC is a new one: its MAC, a lease from its new passt
-                mac = ":".join(s.net["mac"][i:i + 2] for i in range(0, 12, 2))
-                out = await asyncio.wait_for(client.run(["/run/vmmd/net", "restored", mac]),
+                out = await asyncio.wait_for(client.run(["/run/vmmd/net", "restored",
+                                                         s.net["mac"]]),
                                              AGENT_SYNC_TIMEOUT)
                 if out.code != 0:
                     raise RuntimeError(f"the guest's network did not come back ({out.exit}): "
@@ -1059,6 +1059,7 @@ class Manager:
             self.by_pid[pid] = s
             s.unwatch = watch_pid(pid, self._on_exit)
             s.timings = hello.get("timings") or {}
+            s.net = hello.get("net")                  # a re-attached worker's NIC
             sp = s.spec
             self.admission.commit(s.id, sp["vcpus"], sp["memory_mib"], sp["disk_mib"])
             wstate = hello.get("state")

@@ -118,6 +118,7 @@ class Worker:
         self.serial_lock = threading.Lock()
         self.serial_file = None
         self.passt = None
+        self.net: dict | None = None     # {"mac": "aa:bb:..", "forwards": [[guest, host]]}
 
     # --- links to the daemon ---
 
@@ -163,7 +164,7 @@ class Worker:
             self.conn = conn
             hello = {"event": "hello", "vm_id": self.vm_id, "pid": os.getpid(),
                      "state": self.state_name(), "stopped": self.stopped,
-                     "timings": self.timings, "queued": list(self.pending)}
+                     "timings": self.timings, "net": self.net, "queued": list(self.pending)}
             self.pending.clear()
             try:
                 wire.send(conn, hello)
@@ -208,11 +209,10 @@ class Worker:
         fault = self.conf.get("fault")
         if fault:
             threading.Thread(target=self._fault, args=(fault,), daemon=True).start()
-        running = {"event": "running", "timings": self.timings}
         if self.passt:
-            running["net"] = {"mac": mac.hex(),
-                              "forwards": [[g, h] for h, g in self.passt.forwards.items()]}
-        self.emit(running)
+            self.net = {"mac": net.mac_text(mac),
+                        "forwards": [[g, h] for h, g in self.passt.forwards.items()]}
+        self.emit({"event": "running", "timings": self.timings, "net": self.net})
 
     def _set_policy(self, rules: list, default_allow: bool) -> None:
         self.vm.net_set_policy(0, [native.NetRule(

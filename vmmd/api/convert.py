@@ -51,7 +51,7 @@ def microvm(s, has_agent: bool) -> microvms_pb2.MicroVM:
     if n:
         live = s.net if s.state not in ("SUSPENDED", "TERMINATED") else None
         m.network.CopyFrom(microvms_pb2.NetworkInfo(
-            mac=":".join(live["mac"][i:i + 2] for i in range(0, 12, 2)) if live else "",
+            mac=live["mac"] if live else "",
             egress=egress_pb(n["egress"]),
             ports=[microvms_pb2.PortForward(guest_port=g, host_port=h)
                    for g, h in (live or {}).get("forwards", [])] or

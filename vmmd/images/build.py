@@ -26,6 +26,7 @@ import io
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -75,7 +76,6 @@ class BuildResult:
     digest: str                       # the last step's cache key: the build's identity
     base_digest: str
     timings: dict
-    steps: list[dict]
 
 
 def _progress_nop(_: dict) -> None:
@@ -208,51 +208,44 @@ class Builder:
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, entry)
 
-    async def _copy(self, vm: MicroVM, ctx: ctxmod.Context, st: dfmod.Step) -> str:
+    async def _copy(self, vm: MicroVM, ctx: ctxmod.Context, st: dfmod.Step) -> None:
         """COPY/ADD: the placements as one tar, unpacked in the guest by its busybox."""
         op = st.op
         buf = io.BytesIO()
         owner = op.chown
+        placements = ctx.placements(list(op.sources), op.dest, op.dest_is_dir, st.kind)
         with tarfile.open(fileobj=buf, mode="w") as tar:
-            for src, target in ctx.placements(list(op.sources), op.dest, op.dest_is_dir, st.kind):
-                if op.add and src.is_file() and ctxmod.archive_kind(src):
-                    raise BuildError(f"line {st.line}: ADD of the archive {src.name}: "
-                                     "extracting archives is not supported yet; COPY it and "
-                                     "RUN tar")
-                info = tar.gettarinfo(str(src), arcname=target.lstrip("/"))
+            def add(path: pathlib.Path, arcname: str) -> None:
+                info = tar.gettarinfo(str(path), arcname=arcname)
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 if op.chmod is not None and not info.isdir():
                     info.mode = op.chmod
                 if info.isreg():
-                    with open(src, "rb") as f:
+                    with open(path, "rb") as f:
                         tar.addfile(info, f)
-                elif info.isdir():
-                    tar.addfile(info)
-                    for sub in sorted(src.rglob("*")):
-                        i = tar.gettarinfo(str(sub), arcname=f"{target.lstrip('/')}/"
-                                           f"{sub.relative_to(src).as_posix()}")
-                        i.uid = i.gid = 0
-                        i.uname = i.gname = ""
-                        if i.isreg():
-                            with open(sub, "rb") as f:
-                                tar.addfile(i, f)
-                        else:
-                            tar.addfile(i)
                 else:
                     tar.addfile(info)
+            for src, target in placements:
+                if op.add and src.is_file() and ctxmod.archive_kind(src):
+                    raise BuildError(f"line {st.line}: ADD of the archive {src.name}: "
+                                     "extracting archives is not supported yet; COPY it and "
+                                     "RUN tar")
+                arc = target.lstrip("/")
+                add(src, arc)
+                if src.is_dir() and not src.is_symlink():
+                    for sub in sorted(src.rglob("*")):
+                        add(sub, f"{arc}/{sub.relative_to(src).as_posix()}")
         data = buf.getvalue()
         await vm.agent.write_file("/run/vmmd/copy.tar", data)
         script = f"{BB} tar -x -p -f /run/vmmd/copy.tar -C / && rm /run/vmmd/copy.tar"
         if owner:
-            names = " ".join(f"'/{t.lstrip('/')}'" for _, t in
-                             ctx.placements(list(op.sources), op.dest, op.dest_is_dir, st.kind))
-            script += f" && {BB} chown -R '{owner}' {names}"
+            names = " ".join(shlex.quote("/" + t.lstrip("/")) for _, t in placements)
+            script += f" && {BB} chown -R {shlex.quote(owner)} {names}"
         r = await vm.agent.run([BB, "sh", "-c", script])
         if r.code != 0:
             raise BuildError(f"line {st.line}: {st.kind} failed in the build VM: "
                              f"{(r.stdout + r.stderr).decode(errors='replace')[-LOG_TAIL:]}")
-        return f"{len(data)} bytes"
 
     async def _run(self, vm: MicroVM, st: dfmod.Step, spec: BuildSpec, n: str) -> None:
         env = dict(st.env)
@@ -463,8 +456,7 @@ class Builder:
         timings["total_s"] = time.monotonic() - t0
         return BuildResult(out / "snapshot", out / "rootfs.ext4",
                            out / "working_set" if result else None, config_dict(df.config),
-                           digest, base.digest, {k: round(v, 3) for k, v in timings.items()},
-                           [])
+                           digest, base.digest, {k: round(v, 3) for k, v in timings.items()})
 
     async def _initialize(self, spec: BuildSpec, cfg: dfmod.ImageConfig, tmp: pathlib.Path,
                           timings: dict) -> bool:
