@@ -11,37 +11,17 @@ host memory per restored VM <= 1/4 of QEMU's.
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import statistics
-import sys
 
 import pytest
 
-from conftest import report
+from conftest import bench_in_host, report
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
 pytestmark = pytest.mark.timeout(1800)      # an emulated host and two VMMs: minutes
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def run_in_host(arch: str, tmp_path) -> dict:
-    import hosts
-    from vmmd.images.rootfs import busybox_rootfs
-    from vmmd.images import initramfs, paths
-    kernel = paths.guest_kernel(arch).image
-    initrd = initramfs.build(arch)
-    disk = busybox_rootfs(paths.busybox(arch), tmp_path / "root.ext4", size_mb=128)
-    script = os.path.join(ROOT, "benches", "inhost_linux_guest.py")
-    cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python(arch), script, kernel, initrd,
-                                                disk))
-    r = hosts.run(arch, f"cd {shlex.quote(ROOT)} && {cmd} 2>&1", timeout=1500,
-                  env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": ""},
-                  binds=[str(kernel.parent), str(initrd.parent), str(tmp_path)])
-    (tmp_path / "output.txt").write_text(r.output + "\n--- host console ---\n" + r.console)
-    lines = [ln for ln in r.output.splitlines() if ln.startswith("BENCH ")]
-    assert r.ok and lines, r.output[-5000:] + r.console[-2000:]
-    return json.loads(lines[-1][len("BENCH "):])
+    return bench_in_host(arch, "inhost_linux_guest.py", tmp_path)
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])

@@ -10,38 +10,19 @@ response (p50, p99) against loopback, reported.
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import sys
 
 import pytest
 
-from conftest import report
+from conftest import bench_in_host, report
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
 pytestmark = pytest.mark.timeout(1800)
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def run_in_host(arch: str, tmp_path) -> dict:
-    import hosts
-    from vmmd.images.rootfs import busybox_rootfs
-    from vmmd.images import initramfs, paths
-    kernel = paths.guest_kernel(arch).image
-    initrd = initramfs.build(arch)
-    disk = busybox_rootfs(paths.busybox(arch), tmp_path / "root.ext4", size_mb=128)
-    bb = paths.busybox(arch)
-    script = os.path.join(ROOT, "benches", "inhost_network_bench.py")
-    cmd = " ".join(shlex.quote(str(x)) for x in (hosts.python(arch), script, kernel, initrd,
-                                                disk))
-    r = hosts.run(arch, f"cd {shlex.quote(ROOT)} && {cmd} 2>&1", timeout=1500,
-                  env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": "", "VMMD_BUSYBOX": str(bb)},
-                  binds=[str(kernel.parent), str(initrd.parent), str(tmp_path),
-                         str(bb.parent)])
-    (tmp_path / "output.txt").write_text(r.output + "\n--- host console ---\n" + r.console)
-    lines = [ln for ln in r.output.splitlines() if ln.startswith("BENCH ")]
-    assert r.ok and lines, r.output[-5000:] + r.console[-2000:]
-    return json.loads(lines[-1][len("BENCH "):])
+    from vmmd.images import paths
+    bb = paths.busybox(arch)          # the loopback baseline's httpd, the guest's own busybox
+    return bench_in_host(arch, "inhost_network_bench.py", tmp_path,
+                         env={"VMMD_BUSYBOX": str(bb)}, binds=(str(bb.parent),))
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])

@@ -26,6 +26,33 @@ def report(group: str, name: str, value: float, note: str = "") -> None:
     RESULTS_TABLE.append((group, name, value, note))
 
 
+def bench_in_host(arch: str, script: str, tmp_path, env: dict | None = None,
+                  binds: tuple = ()) -> dict:
+    """Runs benches/<script> inside an emulated `arch` host against a Linux guest (the cloud
+    kernel, vmmd's initramfs, a busybox root disk, built here) and returns the JSON of its last
+    `BENCH <json>` line; output and console are kept in tmp_path."""
+    import json
+    import shlex
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
+    import hosts
+    from vmmd.images import initramfs, paths
+    from vmmd.images.rootfs import busybox_rootfs
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+    kernel = paths.guest_kernel(arch).image
+    initrd = initramfs.build(arch)
+    disk = busybox_rootfs(paths.busybox(arch), tmp_path / "root.ext4", size_mb=128)
+    cmd = " ".join(shlex.quote(str(x)) for x in (
+        hosts.python(arch), os.path.join(root, "benches", script), kernel, initrd, disk))
+    r = hosts.run(arch, f"cd {shlex.quote(root)} && {cmd} 2>&1", timeout=1500,
+                  env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": "", **(env or {})},
+                  binds=[str(kernel.parent), str(initrd.parent), str(tmp_path), *binds])
+    (tmp_path / "output.txt").write_text(r.output + "\n--- host console ---\n" + r.console)
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("BENCH ")]
+    assert r.ok and lines, r.output[-5000:] + r.console[-2000:]
+    return json.loads(lines[-1][len("BENCH "):])
+
+
 def median(xs):
     return statistics.median(xs)
 
