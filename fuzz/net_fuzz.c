@@ -84,11 +84,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!mkdtemp(tmpl))
             abort();
         snprintf(sock_path, sizeof(sock_path), "%s/n.sock", tmpl);
-        listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_un a = {.sun_family = AF_UNIX};
-        snprintf(a.sun_path, sizeof(a.sun_path), "%s", sock_path);
-        if (listener < 0 || bind(listener, (struct sockaddr *)&a, sizeof(a)) ||
-            listen(listener, 4))
+        if ((listener = tv_listen(sock_path)) < 0)
             abort();
     }
     if (size < 2)

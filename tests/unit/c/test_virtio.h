@@ -10,6 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include "internal.h"
 #include "devices/devices.h"
 #include "devices/virtio_mmio.h"
@@ -31,6 +34,22 @@ struct tv {
     uint16_t used_seen[VIRTIO_MAX_QUEUES];
     uint16_t next_desc[VIRTIO_MAX_QUEUES];
 };
+
+/* A Unix stream listener at `path` (a stale socket there removed): a device's backend or
+ * peer for the tests. -1 on failure. */
+static inline int tv_listen(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+    unlink(path);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 8)) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
 
 static inline uint64_t tv_desc(int q) { return TV_RING(q); }
 static inline uint64_t tv_avail(int q) { return TV_RING(q) + 0x4000; }

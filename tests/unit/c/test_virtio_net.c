@@ -306,17 +306,6 @@ struct nt {
     uint16_t rx_next;       /* rx buffers posted so far (buffer i % 16) */
 };
 
-static int listen_at(const char *path)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
-    unlink(path);
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 8))
-        return -1;
-    return fd;
-}
-
 static struct vmm_device_config net_cfg(const char *path, const uint8_t mac[6], unsigned mtu)
 {
     struct vmm_device_config c = {.type = VMM_DEV_VIRTIO_NET, .path = path, .mtu = mtu};
@@ -326,7 +315,7 @@ static struct vmm_device_config net_cfg(const char *path, const uint8_t mac[6], 
 
 static int nt_open_at(struct nt *n, const char *path, const uint8_t mac[6])
 {
-    n->lst = listen_at(path);
+    n->lst = tv_listen(path);
     struct vmm_device_config cfg = net_cfg(path, mac, 0);
     int r = tv_open(&n->t, &virtio_net_ops, &cfg, "virtio-net.0");
     if (r)
@@ -453,7 +442,7 @@ static void test_refuses_bad_configurations(void)
     struct vmm_device_config cfg = net_cfg(nobody, MAC_A, 0);
     CHECK(tv_open(&t, &virtio_net_ops, &cfg, "virtio-net.0") == -ENOENT &&
           strstr(vmm_last_error(), "nobody listens"));
-    int l = listen_at(sock_path);
+    int l = tv_listen(sock_path);
     static const uint8_t zero[6], multicast[6] = {0x01, 0, 0x5e, 0, 0, 1};
     cfg = net_cfg(sock_path, zero, 0);
     CHECK(tv_open(&t, &virtio_net_ops, &cfg, "virtio-net.0") == -EINVAL);
@@ -469,7 +458,7 @@ static void test_refuses_bad_configurations(void)
 
 static void test_config_space_has_mac_link_and_mtu(void)
 {
-    int l = listen_at(sock_path);
+    int l = tv_listen(sock_path);
     struct vmm_device_config cfg = net_cfg(sock_path, MAC_B, 9000);
     struct tv t;
     CHECK(tv_open(&t, &virtio_net_ops, &cfg, "virtio-net.0") == 0);
@@ -775,7 +764,7 @@ static void test_state_load_keeps_the_queues_and_takes_mac_and_backend_from_the_
     /* the same guest memory, a device built from another config: MAC B, a second backend */
     char path2[300];
     snprintf(path2, sizeof(path2), "%s/net2.sock", work);
-    int l2 = listen_at(path2);
+    int l2 = tv_listen(path2);
     n.t.d.ops->destroy(&n.t.d);
     close(n.peer);
     struct vmm_device_config cfg = net_cfg(path2, MAC_B, 0);

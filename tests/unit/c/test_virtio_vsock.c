@@ -75,17 +75,6 @@ static int guest_recv(struct tv *t, struct vsock_hdr *h, uint8_t *data, uint32_t
     return len == VSOCK_HDR_LEN + h->len ? 1 : -1;
 }
 
-static int listen_at(const char *path)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
-    unlink(path);
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 8))
-        return -1;
-    return fd;
-}
-
 static int connect_to(const char *path)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -164,7 +153,7 @@ static void test_guest_initiated_connection_carries_data_both_ways(void)
     struct tv t;
     char lpath[300];
     snprintf(lpath, sizeof(lpath), "%s_1234", sock_path);
-    int l = listen_at(lpath);
+    int l = tv_listen(lpath);
     CHECK(l >= 0);
     CHECK(vs_open(&t) == 0);
     uint64_t cid = 0;
@@ -245,7 +234,7 @@ static void test_guest_overrunning_credit_is_reset(void)
     struct tv t;
     char lpath[300];
     snprintf(lpath, sizeof(lpath), "%s_77", sock_path);
-    int l = listen_at(lpath);
+    int l = tv_listen(lpath);
     CHECK(vs_open(&t) == 0);
     post_rx(&t, 8);
     tv_kick(&t, 0);
@@ -279,7 +268,7 @@ static void test_guest_close_delivers_what_we_hold_before_the_reset(void)
     struct tv t;
     char lpath[300];
     snprintf(lpath, sizeof(lpath), "%s_88", sock_path);
-    int l = listen_at(lpath);
+    int l = tv_listen(lpath);
     CHECK(vs_open(&t) == 0);
     post_rx(&t, 8);
     tv_kick(&t, 0);
