@@ -215,12 +215,17 @@ def test_restore_with_another_base_image_is_refused(tmp_path):
 MODE_VSOCK = 5
 
 
-def boot_vsock(vm):
-    boot(vm, MODE_VSOCK)
+def boot_until_mark(vm, mode, mark, what):
+    """Boots the driver in `mode` and waits for the debug mark it writes once it is up."""
+    boot(vm, mode)
     deadline = time.monotonic() + 20
-    while vm.stats()["debug_mark"] != 0x7500:
-        assert time.monotonic() < deadline, "the guest's vsock driver never came up"
+    while vm.stats()["debug_mark"] != mark:
+        assert time.monotonic() < deadline, f"the guest's {what} driver never came up"
         time.sleep(0.002)
+
+
+def boot_vsock(vm):
+    boot_until_mark(vm, MODE_VSOCK, 0x7500, "vsock")
 
 
 def vsock(path, cid=3):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from guests import PARAMS
-from test_virtio import boot, devices, results, wait_results
+from test_virtio import boot_until_mark, devices, results, wait_results
 from vmmd.native import VM, Backend, Device, DeviceType, NetRule, VmmError
 
 pytestmark = pytest.mark.kvm
@@ -98,11 +98,7 @@ def echoed(frame, mac):
 
 
 def boot_net(vm):
-    boot(vm, MODE_NET)
-    deadline = time.monotonic() + 20
-    while vm.stats()["debug_mark"] != 0x4e00:
-        assert time.monotonic() < deadline, "the guest's virtio-net driver never came up"
-        time.sleep(0.002)
+    boot_until_mark(vm, MODE_NET, 0x4e00, "virtio-net")
 
 
 def echo(peer, frame, mac):
