@@ -210,6 +210,34 @@ def _devices(devices) -> tuple[object, list]:
     return arr, keep
 
 
+def _net_policy(rules, default_allow: bool):
+    """A cffi vmm_net_policy for NetRules, and what must stay alive while it is used."""
+    rules = list(rules)
+    if len(rules) > lib.VMM_NET_MAX_RULES:
+        raise ValueError(f"{len(rules)} rules: at most {lib.VMM_NET_MAX_RULES}")
+    arr = ffi.new("struct vmm_net_rule[]", max(len(rules), 1))
+    for i, r in enumerate(rules):
+        if not isinstance(r, NetRule):
+            raise TypeError(f"rule {i} is a {type(r).__name__}, not a NetRule")
+        arr[i].addr = int(r._net.network_address)
+        arr[i].prefix = r._net.prefixlen
+        arr[i].proto = r.proto
+        arr[i].port_lo, arr[i].port_hi = r.ports
+        arr[i].sport_lo, arr[i].sport_hi = r.sports
+        arr[i].replies = int(r.replies)
+        arr[i].allow = int(r.allow)
+    pol = ffi.new("struct vmm_net_policy *", {
+        "default_allow": int(default_allow), "nrules": len(rules), "rules": arr})
+    return pol, arr
+
+
+def net_filter_verdict(frame: bytes, rules, default_allow: bool) -> str:
+    """Test build only: what virtio-net's egress filter makes of one frame under a policy,
+    "allow", "deny" or "reset" (the filter itself, without a VM)."""
+    pol, _keep = _net_policy(rules, default_allow)
+    return ("allow", "deny", "reset")[_check(lib.vmm_test_net_filter(frame, len(frame), pol))]
+
+
 _OWNER = object()
 _owned: "weakref.WeakValueDictionary[int, VM]" = weakref.WeakValueDictionary()
 _owned_lock = threading.Lock()
@@ -409,22 +437,7 @@ class VM:
         """The egress policy of net device `id`: `rules` (NetRule) in order, the first match
         decides, none: `default_allow`. Takes effect for the guest's next frame. Until it is
         first set, a net device lets only ARP and DHCP out."""
-        rules = list(rules)
-        if len(rules) > lib.VMM_NET_MAX_RULES:
-            raise ValueError(f"{len(rules)} rules: at most {lib.VMM_NET_MAX_RULES}")
-        arr = ffi.new("struct vmm_net_rule[]", max(len(rules), 1))
-        for i, r in enumerate(rules):
-            if not isinstance(r, NetRule):
-                raise TypeError(f"rule {i} is a {type(r).__name__}, not a NetRule")
-            arr[i].addr = int(r._net.network_address)
-            arr[i].prefix = r._net.prefixlen
-            arr[i].proto = r.proto
-            arr[i].port_lo, arr[i].port_hi = r.ports
-            arr[i].sport_lo, arr[i].sport_hi = r.sports
-            arr[i].replies = int(r.replies)
-            arr[i].allow = int(r.allow)
-        pol = ffi.new("struct vmm_net_policy *", {
-            "default_allow": int(default_allow), "nrules": len(rules), "rules": arr})
+        pol, _keep = _net_policy(rules, default_allow)
         with self._use() as h:
             _check(lib.vmm_net_set_policy(h, id, pol))
 

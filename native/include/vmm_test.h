@@ -17,5 +17,9 @@ int vmm_inject(struct vmm *vm, int what);
 int vmm_bench_floor(const char *memory_file, unsigned long long mem_size,
                     const void *regs, unsigned long long regs_len,
                     unsigned long long *first_byte_ns);
+/* virtio-net's egress filter on its own (native/devices/net_filter.c): 0 allow, 1 deny, 2 deny
+ * and answer with a reset; -EINVAL when the policy is refused. p NULL: no policy yet. */
+int vmm_test_net_filter(const void *frame, unsigned long long len,
+                        const struct vmm_net_policy *p);
 /* A raw UFFDIO_COPY loop over npages; nanoseconds it took. */
 int vmm_bench_uffd_copy(unsigned long long npages, unsigned long long *ns);

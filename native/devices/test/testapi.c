@@ -11,6 +11,20 @@
 #include "../../internal.h"
 #include "../../include/vmm_test.h"
 #include "../../arch.h"
+#include "../net_filter.h"
+
+int vmm_test_net_filter(const void *frame, unsigned long long len,
+                        const struct vmm_net_policy *p)
+{
+    int r = p ? net_policy_check(p) : 0;
+    if (r)
+        return r;
+    switch (net_filter(frame, len, p)) {
+    case NET_ALLOW: return 0;
+    case NET_DENY: return 1;
+    default: return 2;
+    }
+}
 
 int vmm_inject(struct vmm *vm, int what)
 {
