@@ -57,6 +57,9 @@ mkdir -p "$root$results" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results "$root$results" ||
     fail "cannot mount the results directory"
 echo "vmmd-host: up in $(cut -d' ' -f1 /proc/uptime) s, kvm: $( [ -c /dev/kvm ] && echo yes || echo no)"
+# a heartbeat on the console: a host that stops printing it froze (QEMU's emulation, not the
+# command), which the runner tells from a command that hangs (tests/hosts.py, host_broke)
+( while sleep 30; do echo "vmmd-host: alive $(cut -d' ' -f1 /proc/uptime)" > /dev/console; done ) &
 # The command's root is $root moved onto / in a mount namespace of its own (switch_root's
 # steps), not a chroot: the kernel refuses user namespaces to a chrooted process, and passt
 # (docs/network.md) sandboxes itself in one. This init keeps its own root, to report and power off.

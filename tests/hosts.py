@@ -47,11 +47,26 @@ class HostResult:
 
     @property
     def host_broke(self) -> bool:
-        """The emulated host's own kernel stopped scheduling (docs/emulated-hosts.md): its
-        console reports soft lockups or RCU stalls. That is QEMU's emulation failing under us,
-        not what a test checks."""
-        return bool(re.search(r"watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ (detected )?stall|"
-                              r"rcu_preempt kthread starved", self.console))
+        """The emulated host's own kernel stopped scheduling or died (docs/emulated-hosts.md):
+        its console reports soft lockups, RCU stalls, or a panic (seen: an interrupt taken
+        between #VMEXIT and the host's GS restore in KVM's SVM entry path). That is QEMU's
+        emulation failing under us, not what a test checks."""
+        return bool(self.broke_why)
+
+    @property
+    def broke_why(self) -> str:
+        """The console line that shows the host broke, or ""."""
+        m = re.search(r"^.*(watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ (detected )?stall|"
+                      r"rcu_preempt kthread starved|Kernel panic - not syncing).*$",
+                      self.console, re.M)
+        if m:
+            return m.group(0).strip()
+        if self.status is None:   # timed out: did the host itself stop (its init's heartbeat)?
+            beats = re.findall(r"vmmd-host: alive ([\d.]+)", self.console)
+            last = float(beats[-1]) if beats else 0.0
+            if beats and self.wall_seconds - last > 150:
+                return f"the host's heartbeat stopped at {last:.0f} s of {self.wall_seconds:.0f} s"
+        return ""
 
     @property
     def guest_triple_faulted(self) -> bool:

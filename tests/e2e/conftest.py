@@ -34,7 +34,7 @@ class TestHost:
         BOOTS.append(f"{self.arch} host: booted in {r.boot_seconds} s (to its init's command), "
                      f"whole run {r.wall_seconds:.1f} s, status {r.status}")
         if r.host_broke or r.guest_triple_faulted:   # once, and said: a second one fails
-            why = ("its kernel reported soft lockups" if r.host_broke else
+            why = (f"its kernel broke ({r.broke_why[:120]})" if r.host_broke else
                    "a guest triple-faulted under nested SVM")
             BOOTS.append(f"{self.arch} host: {why} (QEMU TCG nested virtualization, "
                          "docs/emulated-hosts.md); ran it again")
