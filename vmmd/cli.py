@@ -170,8 +170,8 @@ def _cell(r: dict, key: str) -> str:
 VM_COLS = [("id", "ID"), ("state", "STATE"), ("image_id", "IMAGE"), ("vcpus", "VCPUS"),
            ("memory_mib", "MEM MiB"), ("worker_pid", "PID"), ("running_time", "RUNNING"),
            ("labels", "LABELS"), ("reason", "REASON")]
-IMG_COLS = [("id", "ID"), ("name", "NAME"), ("vcpus", "VCPUS"), ("memory_mib", "MEM MiB"),
-            ("size_bytes", "BYTES"), ("microvms", "IN USE"), ("agent.present", "AGENT"),
+IMG_COLS = [("id", "ID"), ("name", "NAME"), ("arch", "ARCH"), ("vcpus", "VCPUS"),
+            ("memory_mib", "MEM MiB"), ("size_bytes", "BYTES"), ("microvms", "IN USE"), ("agent.present", "AGENT"),
             ("source", "SOURCE")]
 
 

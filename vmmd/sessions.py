@@ -27,6 +27,7 @@ from typing import Any
 
 from . import __version__
 from .cgroups import Cgroups
+from .digest import hash_file
 from .errors import (Aborted, FailedPrecondition, Internal, InvalidArgument, NotFound,
                      Unavailable)
 from .limits import Admission, Capacity, Config, Spec, check_labels
@@ -302,7 +303,8 @@ class Manager:
                     "initrd": os.path.basename(src.get("initrd") or ""),
                     "rootfs": os.path.basename(src.get("rootfs") or ""),
                     "working_set": bool(src.get("working_set")),
-                    "source": src.get("source") or f"snapshot:{snap}"}
+                    "source": src.get("source") or f"snapshot:{snap}",
+                    "arch": os.uname().machine}
             if src.get("config"):
                 meta["config"] = src["config"]
             hasher.update(repr(sorted(meta["devices"].items())).encode())
@@ -356,6 +358,9 @@ class Manager:
                                   "base_digest": result["base_digest"],
                                   "build_timings": result["timings"]},
                        "source": f"dockerfile:{result['digest']}"}
+                # the Dockerfile's LABELs, under the request's own (Docker's order)
+                check_labels(result["config"].get("labels", {}), "Dockerfile LABEL")
+                labels = {**result["config"].get("labels", {}), **labels}
                 return await self.register_image_from_dir(name, src, labels)
             finally:
                 await asyncio.get_running_loop().run_in_executor(None, remove_tree, work)
@@ -436,9 +441,7 @@ class Manager:
                     hasher.update(f.encode() + b"\0")
                     p = os.path.join(tmp, "snapshot", f)
                     size += os.stat(p).st_blocks * 512
-                    with open(p, "rb") as fh:
-                        while chunk := fh.read(1 << 20):
-                            hasher.update(chunk)
+                    await asyncio.get_running_loop().run_in_executor(None, hash_file, p, hasher)
                 meta = dict(base["meta"], size_bytes=size, labels=dict(labels),
                             source=f"microvm:{vm_id}",
                             agent=dict(agent) if agent else base["meta"].get("agent", {}))

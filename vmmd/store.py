@@ -21,6 +21,8 @@ import sqlite3
 import time
 from typing import Any, Iterator
 
+from .digest import FileDigest, data_extents
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, digest TEXT NOT NULL, created REAL NOT NULL,
@@ -82,45 +84,29 @@ def remove_tree(path: str) -> None:
 
 def copy_sparse(src: str, dst: str, hasher=None, chunk: int = 1 << 20) -> int:
     """Copies a regular file keeping its holes (SEEK_DATA/SEEK_HOLE), fsyncs it; returns bytes
-    allocated. `hasher` sees the whole logical content, holes as zeros, so equal content hashes
-    equal however it is stored."""
-    st = os.stat(src, follow_symlinks=False)
+    allocated. `hasher` gets the content in vmmd/digest.py's canonical form: equal content
+    hashes equal however it is stored, and a hole is never read."""
     import stat as _stat
+    st = os.stat(src, follow_symlinks=False)
     if not _stat.S_ISREG(st.st_mode):
         raise OSError(f"{src} is not a regular file")
     size = st.st_size
+    d = FileDigest(hasher, size) if hasher is not None else None
     written = 0
-    zeros = bytes(chunk)
     with open(src, "rb") as fi, open(dst, "wb") as fo:
-        fdi = fi.fileno()
-        pos = 0
-        while pos < size:
-            try:
-                data_at = os.lseek(fdi, pos, os.SEEK_DATA)
-            except OSError:
-                data_at = size                     # no data past pos
-            if hasher is not None:
-                gap = data_at - pos
-                while gap > 0:
-                    n = min(gap, chunk)
-                    hasher.update(zeros[:n])
-                    gap -= n
-            if data_at >= size:
-                break
-            hole_at = os.lseek(fdi, data_at, os.SEEK_HOLE)
-            os.lseek(fdi, data_at, os.SEEK_SET)
-            fo.seek(data_at)
-            left = hole_at - data_at
-            while left > 0:
-                buf = fi.read(min(chunk, left))
+        for start, end in data_extents(fi.fileno(), size):
+            pos = start
+            while pos < end:
+                buf = os.pread(fi.fileno(), min(chunk, end - pos), pos)
                 if not buf:
                     break
-                if hasher is not None:
-                    hasher.update(buf)
-                fo.write(buf)
+                if d is not None:
+                    d.data(pos, buf)
+                os.pwrite(fo.fileno(), buf, pos)
                 written += len(buf)
-                left -= len(buf)
-            pos = hole_at
+                pos += len(buf)
+        if d is not None:
+            d.end()
         fo.truncate(size)
         fo.flush()
         os.fsync(fo.fileno())

@@ -1,5 +1,6 @@
 """Launch, pause, suspend, resume, terminate through a real daemon with real workers."""
 import os
+import platform
 import re
 import threading
 import time
@@ -157,6 +158,26 @@ def test_register_is_content_addressed(daemon, snapshots):
     assert ids == {a.id, c.id}
     assert not [n for n in os.listdir(os.path.join(daemon.state_dir, "images"))
                 if n.startswith(".tmp")]
+    assert a.arch == platform.machine() and a.config.ByteSize() == 0
+
+
+def test_image_id_depends_on_content_not_on_how_it_is_stored(daemon, snapshots, tmp_path):
+    """The same snapshot with its memory file's holes written out as zeros is the same image
+    (vmmd/digest.py); one changed byte is another."""
+    src = snapshots["counter"]
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    for f in os.listdir(src):
+        with open(os.path.join(src, f), "rb") as i, open(dense / f, "wb") as o:
+            while chunk := i.read(1 << 20):
+                o.write(chunk)             # every byte written: no holes left
+    mem = os.path.join(src, "memory")
+    assert os.stat(dense / "memory").st_blocks > os.stat(mem).st_blocks
+    assert daemon.register(str(dense), "dense").id == daemon.register(src, "sparse").id
+    with open(dense / "memory", "r+b") as f:   # the last byte of guest memory
+        f.seek(os.path.getsize(mem) - 1)
+        f.write(b"\x01")
+    assert daemon.register(str(dense), "changed").id != daemon.register(src, "sparse").id
 
 
 def test_image_from_a_running_microvm_launches(daemon, counter_image):

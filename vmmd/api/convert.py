@@ -82,7 +82,16 @@ def image(img: dict, users: int) -> images_pb2.Image:
         labels=meta.get("labels", {}), created_at=ts(img["created"]), microvms=users,
         kernel=meta.get("kernel", ""), initrd=meta.get("initrd", ""),
         rootfs=meta.get("rootfs", ""), working_set=bool(meta.get("working_set")),
-        source=meta.get("source", ""))
+        source=meta.get("source", ""), arch=meta.get("arch", ""),
+        config=image_config(meta.get("config") or {}))
+
+
+def image_config(c: dict) -> images_pb2.ImageConfig:
+    return images_pb2.ImageConfig(
+        env=c.get("env", {}), workdir=c.get("workdir", ""), user=c.get("user", ""),
+        entrypoint=c.get("entrypoint", []), cmd=c.get("cmd", []),
+        exposed_ports=c.get("exposed_ports", []), build_digest=c.get("digest", ""),
+        base_digest=c.get("base_digest", ""))
 
 
 HOOK_EVENTS = {"run": 1, "suspend": 2, "resume": 3, "terminate": 4}
