@@ -14,6 +14,7 @@ import io
 import os
 import shutil
 import sys
+import tarfile
 import time
 import urllib.request
 import zipfile
@@ -33,9 +34,10 @@ app = Flask(__name__)
 
 @app.route("/")
 def hello():
-    return f"{os.environ.get('GREETING', '?')} from app v1 with flask {VERSION}\\n"
+    return f"{os.environ.get('GREETING', '?')} from app v1 with flask {VERSION} ({MOTD})\\n"
 
 VERSION = open("/app/flask-version").read().strip()
+MOTD = open("/app/assets/motd.txt").read().strip()
 if __name__ == "__main__":
     app.run(host="0.0.0.0", port=8000)
 """
@@ -44,11 +46,27 @@ ARG GREETING=hello
 ENV GREETING=$GREETING
 WORKDIR /app
 RUN python3 -c "import flask; print(flask.__version__)" > /app/flask-version
+ADD assets.tar.gz assets/
 COPY app.py .
 RUN python3 -m py_compile app.py && echo compiled
 EXPOSE 8000
 CMD ["python3", "app.py"]
 """
+
+
+def tarred(members: dict[str, bytes]) -> bytes:
+    """A .tar.gz for ADD: name -> bytes, owned by uid 1234."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.uid, info.mode = len(data), 1234, 0o640
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+ASSETS = tarred({"motd.txt": b"unpacked from assets.tar.gz\n"})
+FILES = {"app.py": APP, "assets.tar.gz": ASSETS}
 
 
 def check(name: str, value) -> None:
@@ -86,7 +104,7 @@ async def build(base: str, app: str, out: str, arch: str, kernel: str, initrd: s
                 dockerfile: str = DOCKERFILE, files: dict | None = None) -> tuple:
     rec = Recorder()
     b = Builder(f"{WORK}/cache", f"{WORK}/work", rec, kernel=kernel, initrd=initrd)
-    spec = BuildSpec(dockerfile.format(base=base), zipped(files or {"app.py": app}),
+    spec = BuildSpec(dockerfile.format(base=base), zipped(files or {**FILES, "app.py": app}),
                      arch=arch, mem_mib=256, disk_bytes=2 << 30, ready_timeout=240)
     t0 = time.monotonic()
     res = await b.build(spec, out)
@@ -118,10 +136,12 @@ async def session(res, arch: str, kernel: str, initrd: str, name: str) -> tuple[
 
 async def bad(base: str, arch: str, kernel: str, initrd: str) -> None:
     cases = {
-        "unknown_instruction": (DOCKERFILE + "VOLUME /data\n", {"app.py": APP}),
-        "copy_missing": (DOCKERFILE.replace("COPY app.py .", "COPY missing.py ."), {"app.py": APP}),
+        "unknown_instruction": (DOCKERFILE + "VOLUME /data\n", FILES),
+        "copy_missing": (DOCKERFILE.replace("COPY app.py .", "COPY missing.py ."), FILES),
         "failing_run": (DOCKERFILE.replace("&& echo compiled", "&& echo about to fail && false"),
-                        {"app.py": APP}),
+                        FILES),
+        "add_archive_escape": (DOCKERFILE, {**FILES, "assets.tar.gz": tarred(
+            {"motd.txt": b"x", "../../etc/cron.d/evil": b"x"})}),
     }
     for name, (df, files) in cases.items():
         out = f"{WORK}/bad-{name}"
@@ -164,6 +184,7 @@ async def main() -> None:
             launch.append(t)
             timing(f"launch_to_http_{i}", t)
         check("sessions_answer", all(b.startswith("hello from app v1 with flask") for b in bodies))
+        check("add_archive_unpacked", all("(unpacked from assets.tar.gz)" in b for b in bodies))
         cold = res.timings.get("init_boot_s", 0) + res.timings.get("app_ready_s", 0)
         timing("cold_boot_plus_app_ready", cold)
         check("working_set", res.working_set is not None and res.working_set.exists())

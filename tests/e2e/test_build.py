@@ -25,6 +25,7 @@ def test_flask_image_builds_launches_twice_and_caches_its_steps(testhost, tmp_pa
     assert checks.get("done") == "True", out[-8000:] + r.console[-2000:]
     assert checks["first_build_ran_runs"] == "2"
     assert checks["sessions_answer"] == "True"
+    assert checks["add_archive_unpacked"] == "True"
     assert checks["working_set"] == "True"
     assert checks["unchanged_rebuild_ran_runs"] == "0"
     assert checks["unchanged_same_digest"] == "True"
@@ -39,4 +40,6 @@ def test_flask_image_builds_launches_twice_and_caches_its_steps(testhost, tmp_pa
         "exit status 1" in checks["bad_failing_run"] and "about to fail" in \
         checks["bad_failing_run"]
     assert checks["bad_zip_slip"].startswith("refused:True:")
+    assert checks["bad_add_archive_escape"].startswith("refused:True:") and \
+        "leaves the destination" in checks["bad_add_archive_escape"]
     assert "runner_status=0" in out

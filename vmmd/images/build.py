@@ -37,7 +37,7 @@ from vmmd.agent import AgentError
 from vmmd.errors import InvalidArgument
 from vmmd.images import context as ctxmod
 from vmmd.images import dockerfile as dfmod
-from vmmd.images import flatten, oci, paths, stepcache
+from vmmd.images import archive, flatten, oci, paths, stepcache
 from vmmd.microvm import LinuxSpec, MicroVM, NetOptions
 from vmmd.native import Backend
 from vmmd.net import EgressPolicy
@@ -226,11 +226,17 @@ class Builder:
                         tar.addfile(info, f)
                 else:
                     tar.addfile(info)
+            owned = []                          # what --chown applies to
             for src, target in placements:
-                if op.add and src.is_file() and ctxmod.archive_kind(src):
-                    raise BuildError(f"line {st.line}: ADD of the archive {src.name}: "
-                                     "extracting archives is not supported yet; COPY it and "
-                                     "RUN tar")
+                if op.add and src.is_file() and not src.is_symlink() and \
+                        ctxmod.archive_kind(src):
+                    # unpacked into the destination, with the archive's own owners
+                    try:
+                        archive.add_extracted(tar, src, op.dest, ctx.limits)
+                    except archive.ArchiveError as e:
+                        raise BuildError(f"line {st.line}: ADD {src.name}: {e}") from None
+                    continue
+                owned.append(target)
                 arc = target.lstrip("/")
                 add(src, arc)
                 if src.is_dir() and not src.is_symlink():
@@ -239,8 +245,8 @@ class Builder:
         data = buf.getvalue()
         await vm.agent.write_file("/run/vmmd/copy.tar", data)
         script = f"{BB} tar -x -p -f /run/vmmd/copy.tar -C / && rm /run/vmmd/copy.tar"
-        if owner:
-            names = " ".join(shlex.quote("/" + t.lstrip("/")) for _, t in placements)
+        if owner and owned:
+            names = " ".join(shlex.quote("/" + t.lstrip("/")) for t in owned)
             script += f" && {BB} chown -R {shlex.quote(owner)} {names}"
         r = await vm.agent.run([BB, "sh", "-c", script])
         if r.code != 0:
