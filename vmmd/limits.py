@@ -56,6 +56,7 @@ class Config:
     worker_fault: str = ""                  # tests only: forbidden_syscall | crash
     guest_kernel: str = ""                  # BuildImage's guest kernel; "": the pinned cloud one
     guest_initrd: str = ""                  # BuildImage's initramfs; "": vmmd's, built here
+    build_cache_max_mib: int = 20480        # BuildImage's step/image cache, collected LRU past it
 
     @property
     def socket_path(self) -> str:
@@ -90,6 +91,8 @@ class Config:
             raise InvalidArgument(f"min_idle_s {self.min_idle_s}: must be positive")
         if self.vcpu_overcommit <= 0 or self.memory_overcommit <= 0:
             raise InvalidArgument("overcommit ratios must be positive")
+        if self.build_cache_max_mib < 0:
+            raise InvalidArgument(f"build_cache_max_mib {self.build_cache_max_mib}: use 0 or more")
         if not 1 <= self.max_chain_depth <= 60:
             raise InvalidArgument(f"max_chain_depth {self.max_chain_depth}: use 1..60")
 

@@ -340,7 +340,8 @@ class Manager:
                         "cache": os.path.join(self.store.dir, "build-cache"),
                         "work": os.path.join(work, "scratch"), "out": os.path.join(work, "out"),
                         "kernel": self.cfg.guest_kernel or None,
-                        "initrd": self.cfg.guest_initrd or None}
+                        "initrd": self.cfg.guest_initrd or None,
+                        "cache_max_bytes": self.cfg.build_cache_max_mib << 20}
                 with open(os.path.join(work, "spec.json"), "w") as f:
                     json.dump(spec, f)
                 result = await self._run_build(os.path.join(work, "spec.json"), progress)

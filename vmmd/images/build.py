@@ -37,7 +37,7 @@ from vmmd.agent import AgentError
 from vmmd.errors import InvalidArgument
 from vmmd.images import context as ctxmod
 from vmmd.images import dockerfile as dfmod
-from vmmd.images import archive, flatten, oci, paths, stepcache
+from vmmd.images import archive, cachegc, flatten, oci, paths, stepcache
 from vmmd.microvm import LinuxSpec, MicroVM, NetOptions
 from vmmd.native import Backend
 from vmmd.net import EgressPolicy
@@ -129,10 +129,14 @@ class Builder:
 
     def __init__(self, cache: str | os.PathLike, work: str | os.PathLike,
                  progress: Callable[[dict], None] = _progress_nop, *,
-                 kernel: str | None = None, initrd: str | None = None):
-        """kernel, initrd: the guest's (default: the pinned cloud kernel and vmmd's initramfs)."""
+                 kernel: str | None = None, initrd: str | None = None,
+                 cache_max_bytes: int | None = None):
+        """kernel, initrd: the guest's (default: the pinned cloud kernel and vmmd's initramfs).
+        cache_max_bytes: after each build the cache's step and image entries are collected down
+        to this (vmmd/images/cachegc.py); None keeps everything."""
         self.kernel, self.initrd = kernel, initrd
-        self.cache = pathlib.Path(cache)
+        self.cache_max_bytes = cache_max_bytes
+        self.cache = pathlib.Path(os.path.realpath(cache))
         self.work = pathlib.Path(work)
         self.progress = progress
         for d in ("steps", "bases", "oci", "images"):
@@ -289,6 +293,7 @@ class Builder:
             hit += 1
         for i in range(hit):
             st = df.steps[i]
+            cachegc.touch(self._entry(keys[i]))
             self.say(step=f"{i + 1}/{total}", log=f"{st.kind} {st.text.split(None, 1)[-1][:120]}",
                      cached=True)
         meta = self._meta(keys[hit - 1]) if hit else {"layers": [], "snapshot": None}
@@ -421,8 +426,11 @@ class Builder:
             df = df.with_base(base_config(base.config))
         timings["base_s"] = time.monotonic() - t0
         with ctxmod.Context.from_zip(spec.context, spec.context_limits) as ctx:
+            # the base file itself too: step layers are block deltas over exactly that file,
+            # and one made again by mke2fs differs (UUID, hash seed), so its steps must miss
             root_key = "sha256:" + hashlib.sha256(json.dumps({
                 "base": base.digest, "arch": spec.arch, "disk": spec.disk_bytes,
+                "base_fs": _file_id(str(base_ext4)),
                 "kernel": _file_id(self._kernel(spec.arch)),
                 "initrd": self._initrd(spec.arch).name}).encode()).hexdigest()
             keys = self._keys(df, ctx, root_key)
@@ -440,6 +448,7 @@ class Builder:
              self._initrd(spec.arch).name]).encode()).hexdigest()[:40]
         try:
             if (made / "done").exists():
+                cachegc.touch(made)
                 _copy_tree(made, tmp)
                 (tmp / "done").unlink()
                 result = (tmp / "working_set").exists()
@@ -459,6 +468,12 @@ class Builder:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if self.cache_max_bytes is not None:
+            gone = cachegc.collect(self.cache, self.cache_max_bytes,
+                                   keep={self._entry(k) for k in keys} | {made})
+            if gone:
+                self.say(step="cache", log=f"collected {len(gone)} least recently used "
+                                           f"entries (the limit is {self.cache_max_bytes} bytes)")
         timings["total_s"] = time.monotonic() - t0
         return BuildResult(out / "snapshot", out / "rootfs.ext4",
                            out / "working_set" if result else None, config_dict(df.config),
@@ -528,7 +543,8 @@ def main() -> int:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
     b = Builder(spec["cache"], spec["work"], lambda ev: emit({"progress": ev}),
-                kernel=spec.get("kernel"), initrd=spec.get("initrd"))
+                kernel=spec.get("kernel"), initrd=spec.get("initrd"),
+                cache_max_bytes=spec.get("cache_max_bytes"))
     bs = BuildSpec(spec["dockerfile"], spec["context"], dict(spec.get("build_args") or {}),
                    arch=spec.get("arch") or os.uname().machine,
                    mem_mib=int(spec.get("mem_mib") or 512),
