@@ -27,7 +27,7 @@ def report(group: str, name: str, value: float, note: str = "") -> None:
 
 
 def bench_in_host(arch: str, script: str, tmp_path, env: dict | None = None,
-                  binds: tuple = ()) -> dict:
+                  binds: tuple = (), mem_mb: int = 4096, timeout: float = 1500) -> dict:
     """Runs benches/<script> inside an emulated `arch` host against a Linux guest (the cloud
     kernel, vmmd's initramfs, a busybox root disk, built here) and returns the JSON of its last
     `BENCH <json>` line; output and console are kept in tmp_path."""
@@ -44,7 +44,7 @@ def bench_in_host(arch: str, script: str, tmp_path, env: dict | None = None,
     disk = busybox_rootfs(paths.busybox(arch), tmp_path / "root.ext4", size_mb=128)
     cmd = " ".join(shlex.quote(str(x)) for x in (
         hosts.python(arch), os.path.join(root, "benches", script), kernel, initrd, disk))
-    r = hosts.run(arch, f"cd {shlex.quote(root)} && {cmd} 2>&1", timeout=1500,
+    r = hosts.run(arch, f"cd {shlex.quote(root)} && {cmd} 2>&1", timeout=timeout, mem_mb=mem_mb,
                   env={"PYTHONUNBUFFERED": "1", "VMMD_NATIVE": "", **(env or {})},
                   binds=[str(kernel.parent), str(initrd.parent), str(tmp_path), *binds])
     (tmp_path / "output.txt").write_text(r.output + "\n--- host console ---\n" + r.console)

@@ -171,9 +171,12 @@ class MicroVM:
     @classmethod
     def restore(cls, snapshot: str | os.PathLike, spec: LinuxSpec, workdir: str | os.PathLike,
                 backend: Backend = Backend.MMAP,
-                network: "NetOptions | None" = None) -> "MicroVM":
+                network: "NetOptions | None" = None,
+                working_set: str | os.PathLike | None = None) -> "MicroVM":
+        """working_set (uffd only): the pages to install before the guest runs, as recorded
+        by a validation run (vmmd/images/build.py)."""
         return cls._make(spec, workdir, network, lambda devices: VM.restore(
-            snapshot, backend, track_dirty=True, devices=devices))
+            snapshot, backend, track_dirty=True, devices=devices, working_set=working_set))
 
     async def after_restore(self) -> dict:
         """What a restored copy needs before it serves: the guest's clock and entropy, and its

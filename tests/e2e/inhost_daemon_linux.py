@@ -74,6 +74,71 @@ def exec_(c: Client, vm_id: str, argv: list[str], stdin: bytes = b"") -> tuple[b
     return r.stdout, r.code
 
 
+def mapped_kib(pid: int, ino: int) -> tuple[int, int]:
+    """Rss and Pss (KiB) of a process's mappings of the file with inode `ino`."""
+    rss = pss = 0
+    mine = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:
+                mine = head[4] == str(ino)
+            elif mine and head[0] == "Rss:":
+                rss += int(head[1])
+            elif mine and head[0] == "Pss:":
+                pss += int(head[1])
+    return rss, pss
+
+
+def private_dirty_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+
+def sharing(c: Client, image_id: str) -> None:
+    """Two sessions of one image (mmap restores, each in its own worker, the default idle
+    policy so neither is suspended meanwhile): the image's clean memory pages are mapped by
+    both (Pss below Rss), its root filesystem is one file both read, and a write in one
+    becomes that session's own memory only."""
+    a_id = c.vms.Launch(mpb.LaunchRequest(image_id=image_id, labels={"who": "share-a"})).id
+    b_id = c.vms.Launch(mpb.LaunchRequest(image_id=image_id, labels={"who": "share-b"})).id
+    try:
+        measure_sharing(c, image_id, a_id, b_id)
+    finally:
+        for i in (a_id, b_id):
+            c.vms.Terminate(mpb.TerminateRequest(microvm_id=i))
+
+
+def measure_sharing(c: Client, image_id: str, a_id: str, b_id: str) -> None:
+    exec_(c, a_id, ["ls", "/"])               # both guests running their agents
+    exec_(c, b_id, ["ls", "/"])
+    state = f"{WORK}/state"
+    mem = os.stat(f"{state}/images/{image_id}/snapshot/memory").st_ino
+    rootfs = os.stat(f"{state}/images/{image_id}/rootfs")
+    pids = {n: c.vms.Get(mpb.GetRequest(microvm_id=i)).worker_pid
+            for n, i in (("a", a_id), ("b", b_id))}
+    kib = {n: mapped_kib(p, mem) for n, p in pids.items()}
+    print(f"image memory mapped (Rss, Pss KiB): {kib}", flush=True)
+    check("image_pages_shared", all(0 < pss < rss for rss, pss in kib.values()))
+    opened = {}
+    for n, p in pids.items():
+        fds = [os.stat(f"/proc/{p}/fd/{fd}") for fd in os.listdir(f"/proc/{p}/fd")]
+        opened[n] = any((st.st_dev, st.st_ino) == (rootfs.st_dev, rootfs.st_ino) for st in fds)
+    overlays = {n: os.stat(f"{state}/vms/{i}/disk.overlay").st_blocks * 512 >> 20
+                for n, i in (("a", a_id), ("b", b_id)) if os.path.exists(
+                    f"{state}/vms/{i}/disk.overlay")}
+    print(f"rootfs open in workers: {opened}; overlays MiB: {overlays}; rootfs MiB: "
+          f"{rootfs.st_blocks * 512 >> 20}", flush=True)
+    check("base_disk_shared", all(opened.values()))
+    before = {n: private_dirty_kib(p) for n, p in pids.items()}
+    exec_(c, b_id, ["sh", "-c", "dd if=/dev/zero of=/run/fill bs=1M count=64 2>/dev/null; sync"])
+    after = {n: private_dirty_kib(p) for n, p in pids.items()}
+    grew = {n: (after[n] - before[n]) >> 10 for n in pids}
+    print(f"private dirty growth after b wrote 64 MiB (MiB): {grew}", flush=True)
+    check("write_diverges", grew["b"] >= 32 and grew["a"] < 8)
+    exec_(c, b_id, ["rm", "-f", "/run/fill"])
+
+
 def main() -> None:
     kernel, initrd, rootfs = sys.argv[1:4]
     shutil.rmtree(WORK, ignore_errors=True)
@@ -148,6 +213,7 @@ def main() -> None:
         out, _ = exec_(c, b.id, ["cat", "/proc/sys/kernel/random/uuid"])
         out_a, _ = exec_(c, a.id, ["cat", "/proc/sys/kernel/random/uuid"])
         check("uuids_differ", out != out_a)
+        sharing(c, img.id)
         t0 = time.monotonic()            # b's runtime cap ends it
         while time.monotonic() - t0 < 180:
             got = vms.Get(mpb.GetRequest(microvm_id=b.id))

@@ -4,7 +4,9 @@ MicroVM's snapshot (cloud kernel, vmmd's initramfs and agent, ext4 root on virti
 MicroVMs from it and runs code in them through the agent over vsock; idle, one is suspended by
 its policy and woken by the next Exec with its files, its running processes and a synced clock;
 another MicroVM of the same image does not see the first one's files and is ended by its runtime
-cap; WatchEvents shows every transition (tests/e2e/inhost_daemon_linux.py does the driving)."""
+cap; two more share the image's clean memory pages (Pss below Rss in each worker) and its root
+filesystem, and a write in one grows only that one's private memory; WatchEvents shows every
+transition (tests/e2e/inhost_daemon_linux.py does the driving)."""
 from __future__ import annotations
 
 import pytest
@@ -35,6 +37,9 @@ def test_daemon_runs_linux_microvms_through_the_agent_and_suspends_them(testhost
     assert checks["process_survived"] == "True"
     assert checks["b_sees_a_file"] == "NOT_FOUND"
     assert checks["uuids_differ"] == "True"
+    assert checks["image_pages_shared"] == "True", out[-6000:]
+    assert checks["base_disk_shared"] == "True", out[-6000:]
+    assert checks["write_diverges"] == "True", out[-6000:]
     assert checks["b_runtime_cap"] == "MICROVM_STATE_TERMINATED:runtime"
     # a, idle again while b ran into its cap, may have been suspended once more: that is its
     # policy too; every step must be a legal one
