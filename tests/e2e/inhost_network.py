@@ -206,6 +206,31 @@ def test_policy_change_takes_effect_without_a_restart(vm):
     assert "rc=0" not in out, out
 
 
+# ---------- a hostile guest ----------
+
+def test_garbage_frames_from_the_guest_harm_neither_the_vmm_nor_passt(vm):
+    tool = os.environ["VMMD_GARBAGE_FRAMES"]
+    with open(tool, "rb") as f:
+        run(vm.agent.write_file("/tmp/garbage_frames", f.read(), mode=0o755))
+    # everything to the gateway allowed: the frames cross the filter into passt's parsers too
+    vm.set_egress(EgressPolicy(allow=(f"{GATEWAY}/32",)))
+    before = vm.vm.net_stats(0)
+    try:
+        code, out = sh(vm, "/tmp/garbage_frames eth0 4000 7", timeout=300)
+    finally:
+        vm.set_egress(open_files())
+    after = vm.vm.net_stats(0)
+    metric("garbage_frames", out.strip().replace(" ", "_"))
+    assert code == 0 and out.startswith("sent "), out
+    assert after.tx_frames - before.tx_frames > 1000, (before, after)
+    assert after.tx_denied > before.tx_denied, "IPv6 and unknown ethertypes must be denied"
+    assert after.link_up and vm.network.passt.proc.poll() is None, \
+        "passt died:\n" + vm.network.passt.log_text()[-2000:]
+    # and the guest's network still works, fast
+    code, out = fetch(vm, f"http://files.vmmd.test:{FILES_PORT}/")
+    assert f"port {FILES_PORT}" in out and "rc=0" in out, out + stalled(vm)
+
+
 # ---------- snapshot and restore ----------
 
 def test_restored_copies_get_their_own_macs_and_both_reach_the_server(vm, spec, tmp_path):

@@ -1,8 +1,9 @@
 """Guest networking on real Linux guests: in each emulated KVM host a MicroVM with virtio-net
 behind its own passt, and tests/e2e/inhost_network.py checks it from inside the host: DHCP, DNS
 through the backend, a 50 MiB download with its checksum, a guest HTTP server reached through an
-exposed port, the egress policy (default, deny-all, allow list, changed while running), and two
-restored copies with their own MACs. Everything is built here first (the hosts have no
+exposed port, the egress policy (default, deny-all, allow list, changed while running), a guest
+sending thousands of hostile frames (tests/guests/garbage_frames.c) that harm neither the VMM nor
+passt, and two restored copies with their own MACs. Everything is built here first (the hosts have no
 compiler)."""
 from __future__ import annotations
 
@@ -15,9 +16,22 @@ from vmmd.images import initramfs, paths
 pytestmark = pytest.mark.e2e
 
 
+def garbage_tool(arch: str, tmp_path) -> str:
+    """tests/guests/garbage_frames.c for the guest (the hosts have no compiler)."""
+    import subprocess
+
+    import hosts
+    from vmmd.images.agentbuild import compiler
+    out = tmp_path / "garbage_frames"
+    subprocess.run([compiler(arch), "-static", "-O2", "-o", str(out),
+                    str(hosts.ROOT / "tests" / "guests" / "garbage_frames.c")], check=True)
+    return str(out)
+
+
 def run_in_host(testhost, arch: str, tmp_path, timeout: float):
     return testhost(arch).guest_pytest("tests/e2e/inhost_network.py", tmp_path,
-                                       prefix="vmmd-net", what="network", timeout=timeout)
+                                       prefix="vmmd-net", what="network", timeout=timeout,
+                                       env={"VMMD_GARBAGE_FRAMES": garbage_tool(arch, tmp_path)})
 
 
 # the host's timeout well inside pytest's (docs/emulated-hosts.md, "timeouts")
