@@ -88,7 +88,7 @@ def hash_file(path: str, hasher, chunk: int = BLOCK) -> None:
             while pos < end:
                 buf = os.pread(f.fileno(), min(chunk, end - pos), pos)
                 if not buf:
-                    break
+                    raise OSError(f"{path} shrank while being hashed")
                 d.data(pos, buf)
                 pos += len(buf)
         d.end()

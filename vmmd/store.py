@@ -98,8 +98,8 @@ def copy_sparse(src: str, dst: str, hasher=None, chunk: int = 1 << 20) -> int:
             pos = start
             while pos < end:
                 buf = os.pread(fi.fileno(), min(chunk, end - pos), pos)
-                if not buf:
-                    break
+                if not buf:    # a copy must be exact or fail, never shorter
+                    raise OSError(f"{src} shrank while being copied")
                 if d is not None:
                     d.data(pos, buf)
                 os.pwrite(fo.fileno(), buf, pos)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 
+import pytest
+
 from vmmd.digest import BLOCK, hash_file
 from vmmd.store import copy_sparse
 
@@ -84,3 +86,14 @@ def test_a_large_sparse_file_is_hashed_without_reading_its_holes(tmp_path, monke
     monkeypatch.setattr(os, "pread", lambda fd, n, off: read.append(n) or real(fd, n, off))
     digest(src)
     assert sum(read) <= 2 * BLOCK
+
+
+def test_a_file_that_shrinks_meanwhile_fails_the_copy_instead_of_copying_short(tmp_path,
+                                                                             monkeypatch):
+    src = make(tmp_path / "src", 4 * MiB, {0: os.urandom(3 * MiB)})
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: b"" if off >= 2 * MiB else real(fd, n, off))
+    with pytest.raises(OSError, match="shrank"):
+        copy_sparse(src, str(tmp_path / "dst"), hashlib.sha256())
+    with pytest.raises(OSError, match="shrank"):
+        digest(src)
