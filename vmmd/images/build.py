@@ -212,7 +212,8 @@ class Builder:
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, entry)
 
-    async def _copy(self, vm: MicroVM, ctx: ctxmod.Context, st: dfmod.Step) -> None:
+    async def _copy(self, vm: MicroVM, ctx: ctxmod.Context, st: dfmod.Step,
+                    limits: ctxmod.Limits) -> None:
         """COPY/ADD: the placements as one tar, unpacked in the guest by its busybox."""
         op = st.op
         buf = io.BytesIO()
@@ -236,7 +237,7 @@ class Builder:
                         ctxmod.archive_kind(src):
                     # unpacked into the destination, with the archive's own owners
                     try:
-                        archive.add_extracted(tar, src, op.dest, ctx.limits)
+                        archive.add_extracted(tar, src, op.dest, limits)
                     except archive.ArchiveError as e:
                         raise BuildError(f"line {st.line}: ADD {src.name}: {e}") from None
                     continue
@@ -327,7 +328,7 @@ class Builder:
                 if st.kind == "RUN":
                     await self._run(vm, st, spec, n)
                 elif st.kind in ("COPY", "ADD"):
-                    await self._copy(vm, ctx, st)
+                    await self._copy(vm, ctx, st, spec.context_limits)
                 elif st.kind == "WORKDIR":
                     r = await vm.agent.run([BB, "mkdir", "-p", st.op.path])
                     if r.code != 0:
