@@ -214,7 +214,7 @@ def test_garbage_frames_from_the_guest_harm_neither_the_vmm_nor_passt(vm):
         run(vm.agent.write_file("/tmp/garbage_frames", f.read(), mode=0o755))
     # everything to the gateway allowed: the frames cross the filter into passt's parsers too
     vm.set_egress(EgressPolicy(allow=(f"{GATEWAY}/32",)))
-    before = vm.vm.net_stats(0)
+    before, malformed = vm.vm.net_stats(0), Dns.malformed
     try:
         code, out = sh(vm, "/tmp/garbage_frames eth0 4000 7", timeout=300)
     finally:
@@ -224,6 +224,7 @@ def test_garbage_frames_from_the_guest_harm_neither_the_vmm_nor_passt(vm):
     assert code == 0 and out.startswith("sent "), out
     assert after.tx_frames - before.tx_frames > 1000, (before, after)
     assert after.tx_denied > before.tx_denied, "IPv6 and unknown ethertypes must be denied"
+    assert Dns.malformed > malformed, "no garbage crossed passt to the host's DNS server"
     assert after.link_up and vm.network.passt.proc.poll() is None, \
         "passt died:\n" + vm.network.passt.log_text()[-2000:]
     # and the guest's network still works, fast

@@ -52,17 +52,22 @@ class Counting(http.server.SimpleHTTPRequestHandler):
 
 
 class Dns(socketserver.BaseRequestHandler):
-    """A records for NAMES, NXDOMAIN for anything else: enough for busybox's nslookup/wget."""
+    """A records for NAMES, NXDOMAIN for anything else: enough for busybox's nslookup/wget.
+    A datagram that is no query is counted in `malformed` and dropped."""
     queries = 0
+    malformed = 0
 
     def handle(self):
         data, sock = self.request
         Dns.queries += 1
-        qid = struct.unpack(">H", data[:2])[0]
         i, labels = 12, []
         while i < len(data) and data[i]:
             labels.append(data[i + 1:i + 1 + data[i]])
             i += 1 + data[i]
+        if len(data) < 12 or i + 5 > len(data):
+            Dns.malformed += 1
+            return
+        qid = struct.unpack(">H", data[:2])[0]
         qtype = struct.unpack(">H", data[i + 1:i + 3])[0]
         question = data[12:i + 5]
         addr = NAMES.get(b".".join(labels).lower())
