@@ -105,7 +105,8 @@ async def build(base: str, app: str, out: str, arch: str, kernel: str, initrd: s
     rec = Recorder()
     b = Builder(f"{WORK}/cache", f"{WORK}/work", rec, kernel=kernel, initrd=initrd)
     spec = BuildSpec(dockerfile.format(base=base), zipped(files or {**FILES, "app.py": app}),
-                     arch=arch, mem_mib=256, disk_bytes=2 << 30, ready_timeout=240)
+                     arch=arch, mem_mib=256, disk_bytes=2 << 30, ready_timeout=240,
+                     run_timeout=240)   # a hang is reported well inside the host's time
     t0 = time.monotonic()
     res = await b.build(spec, out)
     return res, rec, time.monotonic() - t0

@@ -20,6 +20,7 @@ the last entry its steps hit and runs only the rest; when all hit, no VM runs at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -275,9 +276,18 @@ class Builder:
                                    spec.run_timeout)
             status = await asyncio.wait_for(p.wait(), 60)
         except asyncio.TimeoutError:
-            await p.kill()
+            # what tells a command that runs on from a guest or an agent that stopped answering
+            try:
+                ps = await asyncio.wait_for(vm.agent.run([BB, "ps"]), 30)
+                seen = (ps.stdout + ps.stderr).decode(errors="replace")[-LOG_TAIL // 2:]
+            except (asyncio.TimeoutError, AgentError, OSError) as e:
+                seen = f"(the agent did not answer: {e!r})"
+            with contextlib.suppress(asyncio.TimeoutError, AgentError, OSError):
+                await asyncio.wait_for(p.kill(), 30)
             raise BuildError(f"line {st.line}: RUN did not finish in {spec.run_timeout:g} s; "
-                             f"its output ended with:\n{tail.decode(errors='replace')}") from None
+                             f"its output ended with:\n{tail.decode(errors='replace')}\n"
+                             f"the build VM's processes:\n{seen}\nits console ended with:\n"
+                             f"{vm.console_text()[-LOG_TAIL // 2:]}") from None
         if status.code != 0:
             how = f"exit status {status.code}" if status.code is not None \
                 else f"signal {status.signal}"
@@ -337,7 +347,14 @@ class Builder:
                 if st.changes_files:
                     snap = self.work / f"snap-{i}"
                     shutil.rmtree(snap, ignore_errors=True)
-                    await vm.snapshot(snap, keep_running=True)
+                    try:
+                        await asyncio.wait_for(vm.snapshot(snap, keep_running=True),
+                                               spec.ready_timeout)
+                    except asyncio.TimeoutError:
+                        raise BuildError(f"line {st.line}: snapshotting the build VM after "
+                                         f"{st.kind} took over {spec.ready_timeout:g} s; its "
+                                         f"console ended with:\n"
+                                         f"{vm.console_text()[-LOG_TAIL // 2:]}") from None
                     snapshot = str(self._entry(keys[i]) / "snap")
                     layer = snap / "virtio-blk.0.disk"
                     if layer.exists():
