@@ -32,7 +32,7 @@ def test_flask_image_builds_launches_twice_and_caches_its_steps(testhost, tmp_pa
     assert checks["changed_rebuild_ran"] == "RUN=1,COPY=1"
     assert checks["changed_app_answers"] == "True"
     assert checks["bad_unknown_instruction"].startswith("refused:True:")
-    assert "line 10" in checks["bad_unknown_instruction"] and "VOLUME" in \
+    assert "line 11" in checks["bad_unknown_instruction"] and "VOLUME" in \
         checks["bad_unknown_instruction"]
     assert checks["bad_copy_missing"].startswith("refused:True:") and \
         "missing.py" in checks["bad_copy_missing"]
