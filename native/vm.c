@@ -19,6 +19,7 @@
 #include "internal.h"
 #include "arch.h"
 #include "devices/devices.h"
+#include "devices/virtio_mmio.h"
 
 #define PAUSE_TIMEOUT_MS 5000
 #define QUIESCE_TIMEOUT_MS 5000
@@ -704,6 +705,28 @@ int vmm_net_stats(struct vmm *vm, unsigned int id, struct vmm_net_stats *out)
         virtio_net_stats(d, out);
     vm_leave(vm);
     return d ? 0 : -ENODEV;
+}
+
+int vmm_virtio_info(struct vmm *vm, int type, unsigned int id, struct vmm_virtio_info *out)
+{
+    int r = vm_op_begin(vm);
+    if (r)
+        return r;
+    memset(out, 0, sizeof(*out));
+    struct device *d = NULL;
+    if (type == VMM_DEV_VIRTIO_BLK || type == VMM_DEV_VIRTIO_VSOCK ||
+        type == VMM_DEV_VIRTIO_RNG || type == VMM_DEV_VIRTIO_NET)
+        d = devmgr_find(&vm->dm, type, id);
+    if (!d)
+        r = vmm_err(ENODEV, "the VM has no virtio device of type %d with id %u", type, id);
+    /* the queues are the loop's: read them at rest (a paused VM's loop already is) */
+    bool parked = !r && !vm->loop_quiesced && !(r = evl_quiesce(vm->loop, QUIESCE_TIMEOUT_MS));
+    if (!r)
+        virtio_info(d->priv, out);   /* every virtio device's state begins with its virtio_dev */
+    if (parked)
+        evl_resume(vm->loop);
+    vm_op_end(vm);
+    return r;
 }
 
 /* ---------- host access to guest memory ---------- */

@@ -441,6 +441,17 @@ class VM:
         with self._use() as h:
             _check(lib.vmm_net_set_policy(h, id, pol))
 
+    def virtio_info(self, type: "DeviceType", id: int = 0) -> dict:
+        """A virtio device's status and queues as the VMM sees them (vmm_virtio_info)."""
+        o = ffi.new("struct vmm_virtio_info *")
+        with self._use() as h:
+            _check(lib.vmm_virtio_info(h, int(type), id, o))
+        queues = [{k: getattr(o.q[i], k) for k in ("ready", "size", "avail_idx", "last_avail",
+                                                     "used_idx")} for i in range(o.nqueues)]
+        return {"status": o.status, "broken": bool(o.broken),
+                "why": ffi.string(o.why).decode(errors="replace"), "passes": o.passes,
+                "queues": queues}
+
     def net_stats(self, id: int) -> NetStats:
         st = ffi.new("struct vmm_net_stats *")
         with self._use() as h:

@@ -64,6 +64,29 @@ bool virtio_is_broken(struct virtio_dev *v)
     return b;
 }
 
+void virtio_info(struct virtio_dev *v, struct vmm_virtio_info *o)
+{
+    pthread_mutex_lock(&v->lock);
+    o->status = v->r.status;
+    o->broken = !!(v->r.status & VIRTIO_STATUS_NEEDS_RESET);
+    snprintf(o->why, sizeof(o->why), "%s", o->broken ? v->broken_why : "");
+    pthread_mutex_unlock(&v->lock);
+    o->passes = v->passes;
+    o->nqueues = (unsigned int)v->ops->nqueues;
+    for (int i = 0; i < v->ops->nqueues && i < VIRTIO_MAX_QUEUES; i++) {
+        struct vmm_virtio_queue_info *q = &o->q[i];
+        uint16_t avail;
+        if (!v->live[i])
+            continue;
+        q->ready = 1;
+        q->size = v->vq[i].num;
+        q->last_avail = v->vq[i].last_avail;
+        q->used_idx = v->vq[i].used_idx;
+        if (!gm_load_acquire16(v->mem, v->vq[i].avail + 2, &avail))
+            q->avail_idx = avail;
+    }
+}
+
 bool virtio_driver_ok(struct virtio_dev *v)
 {
     pthread_mutex_lock(&v->lock);

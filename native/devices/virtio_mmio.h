@@ -136,6 +136,8 @@ void virtio_config_write(struct virtio_dev *v, uint32_t off, const void *data, u
  * the driver resets it. `why` is kept for the host (virtio_broken_reason). */
 void virtio_set_broken(struct virtio_dev *v, const char *why);
 bool virtio_is_broken(struct virtio_dev *v);
+/* Event loop at rest (or its own thread): the device's status and queues, for diagnosis. */
+void virtio_info(struct virtio_dev *v, struct vmm_virtio_info *o);
 /* Runs one pass of queue work now, on the calling thread (the loop handler calls it; unit tests
  * call it directly on a device whose loop is not running). */
 void virtio_run(struct virtio_dev *v);

@@ -219,6 +219,26 @@ struct vmm_net_stats {
 };
 int vmm_net_stats(struct vmm *vm, unsigned int id, struct vmm_net_stats *out);
 
+/* A virtio device as the VMM sees it, to tell a guest that stopped using a device from a device
+ * that stopped serving (refused the guest's rings: DEVICE_NEEDS_RESET, or a queue the device
+ * has not caught up with). Read with the device's event loop at rest. */
+struct vmm_virtio_queue_info {
+    unsigned int ready;        /* the driver set the queue up */
+    unsigned int size;
+    unsigned int avail_idx;    /* the guest's avail index, read now */
+    unsigned int last_avail;   /* how far the device has taken */
+    unsigned int used_idx;     /* how far it has answered */
+};
+struct vmm_virtio_info {
+    unsigned int status;       /* the driver status register */
+    int broken;                /* DEVICE_NEEDS_RESET: the device refused the guest's rings */
+    char why[160];             /* what it refused */
+    unsigned long long passes; /* event loop passes that served the device */
+    unsigned int nqueues;
+    struct vmm_virtio_queue_info q[4];
+};
+int vmm_virtio_info(struct vmm *vm, int type, unsigned int id, struct vmm_virtio_info *out);
+
 /* Host access to guest memory. A read that cannot be served truthfully (memory file gone,
  * page server dead) fails; a write is tracked for diff snapshots. */
 int vmm_mem_read(struct vmm *vm, unsigned long long gpa, void *buf, unsigned long long len);

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from guests import LOAD_GPA, PARAMS, RESULTS, STACK_SIZE, STACK_TOP, build, params
-from vmmd.native import VM, Backend, Device, DeviceType, StopReason
+from vmmd.native import VM, Backend, Device, DeviceType, StopReason, VmmError
 
 pytestmark = pytest.mark.kvm
 
@@ -48,8 +48,13 @@ def test_rng_serves_a_polling_driver():
         info = vm.wait(60)
         out = vm.serial_read()
         done, zeros = results(vm)[:2]
+        dev = vm.virtio_info(DeviceType.VIRTIO_RNG)
     assert info.reason == StopReason.GUEST_EXIT and info.exit_code == 0, (info, out)
     assert done == 500 and zeros == 0
+    # what the VMM reports of the device: every request the driver made, taken and answered
+    q = dev["queues"][0]
+    assert not dev["broken"] and dev["passes"] > 0 and q["ready"], dev
+    assert q["avail_idx"] == q["last_avail"] == q["used_idx"] == 500, dev
 
 
 def test_garbage_in_a_queue_gets_the_device_reset_and_the_vm_lives_on():
@@ -58,8 +63,13 @@ def test_garbage_in_a_queue_gets_the_device_reset_and_the_vm_lives_on():
         info = vm.wait(60)
         out = vm.serial_read()
         refused = results(vm)[2]
+        dev = vm.virtio_info(DeviceType.VIRTIO_RNG)
+        with pytest.raises(VmmError, match="no virtio device"):
+            vm.virtio_info(DeviceType.VIRTIO_BLK)
     assert info.reason == StopReason.GUEST_EXIT and info.exit_code == 0, (info, out)
     assert refused == KINDS + 1, out
+    # the guest left it refused (rings outside RAM): the VMM says so, and why
+    assert dev["broken"] and dev["status"] & 64 and "not in guest RAM" in dev["why"], dev
 
 
 @pytest.mark.parametrize("backend", [Backend.MMAP, Backend.UFFD])

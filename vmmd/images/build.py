@@ -40,7 +40,7 @@ from vmmd.images import context as ctxmod
 from vmmd.images import dockerfile as dfmod
 from vmmd.images import archive, cachegc, flatten, oci, paths, stepcache
 from vmmd.microvm import LinuxSpec, MicroVM, NetOptions
-from vmmd.native import Backend
+from vmmd.native import Backend, DeviceType, VmmError
 from vmmd.net import EgressPolicy
 
 MAX_DISK = 32 << 30
@@ -77,6 +77,32 @@ class BuildResult:
     digest: str                       # the last step's cache key: the build's identity
     base_digest: str
     timings: dict
+
+
+def vm_view(vm: MicroVM) -> str:
+    """A build VM that stopped answering, seen from the VMM: whether it still runs (and why
+    not), whether its vCPUs still exit (two readings 2 s apart), its console's end."""
+    try:
+        state = vm.vm.state.name
+        if state not in ("RUNNING", "PAUSED"):
+            state += f" ({vm.vm.wait(0).message})"
+        a = vm.vm.stats()
+        time.sleep(2)
+        b = vm.vm.stats()
+        exits = {k: b[k] - a[k] for k in ("exits_total", "exits_io", "exits_mmio", "exits_intr")}
+        devices = []
+        for t in (DeviceType.VIRTIO_BLK, DeviceType.VIRTIO_VSOCK, DeviceType.VIRTIO_NET):
+            with contextlib.suppress(VmmError):      # a device this VM lacks
+                d = vm.vm.virtio_info(t)
+                qs = " ".join(f"q{i}:{q['avail_idx']}/{q['last_avail']}/{q['used_idx']}"
+                              for i, q in enumerate(d["queues"]) if q["ready"])
+                devices.append(f"{t.name}: status {d['status']:#x}"
+                               f"{' BROKEN: ' + d['why'] if d['broken'] else ''}, "
+                               f"passes {d['passes']}, avail/taken/used {qs}")
+    except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the error it explains
+        state, exits, devices = f"(unreadable: {e})", {}, []
+    return (f"the VM: {state}; vCPU exits in 2 s: {exits}\n" + "\n".join(devices) +
+            f"\nits console ended with:\n{vm.console_text()[-LOG_TAIL // 2:]}")
 
 
 def _progress_nop(_: dict) -> None:
@@ -286,8 +312,7 @@ class Builder:
                 await asyncio.wait_for(p.kill(), 30)
             raise BuildError(f"line {st.line}: RUN did not finish in {spec.run_timeout:g} s; "
                              f"its output ended with:\n{tail.decode(errors='replace')}\n"
-                             f"the build VM's processes:\n{seen}\nits console ended with:\n"
-                             f"{vm.console_text()[-LOG_TAIL // 2:]}") from None
+                             f"the build VM's processes:\n{seen}\n{vm_view(vm)}") from None
         if status.code != 0:
             how = f"exit status {status.code}" if status.code is not None \
                 else f"signal {status.signal}"
@@ -352,9 +377,8 @@ class Builder:
                                                spec.ready_timeout)
                     except asyncio.TimeoutError:
                         raise BuildError(f"line {st.line}: snapshotting the build VM after "
-                                         f"{st.kind} took over {spec.ready_timeout:g} s; its "
-                                         f"console ended with:\n"
-                                         f"{vm.console_text()[-LOG_TAIL // 2:]}") from None
+                                         f"{st.kind} took over {spec.ready_timeout:g} s\n"
+                                         f"{vm_view(vm)}") from None
                     snapshot = str(self._entry(keys[i]) / "snap")
                     layer = snap / "virtio-blk.0.disk"
                     if layer.exists():
