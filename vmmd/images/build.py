@@ -101,8 +101,17 @@ def vm_view(vm: MicroVM) -> str:
                                f"passes {d['passes']}, avail/taken/used {qs}")
     except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the error it explains
         state, exits, devices = f"(unreadable: {e})", {}, []
+    try:
+        with open("/proc/meminfo") as f:
+            mem = {ln.split(":")[0]: int(ln.split()[1]) >> 10 for ln in f}
+        host = (f"this host: {mem.get('MemAvailable')} MiB available of {mem.get('MemTotal')}, "
+                f"shmem {mem.get('Shmem')} MiB; ")
+        st = os.statvfs(vm.console_path.parent)
+        host += f"{st.f_bavail * st.f_frsize >> 20} MiB free beside the VM's files"
+    except (OSError, ValueError, AttributeError) as e:
+        host = f"this host: (unreadable: {e})"
     return (f"the VM: {state}; vCPU exits in 2 s: {exits}\n" + "\n".join(devices) +
-            f"\nits console ended with:\n{vm.console_text()[-LOG_TAIL // 2:]}")
+            f"\n{host}\nits console ended with:\n{vm.console_text()[-LOG_TAIL // 2:]}")
 
 
 def _progress_nop(_: dict) -> None:
@@ -540,8 +549,12 @@ class Builder:
             self.say(step="initialize", log=f"ready: {how}",
                      seconds=round(time.monotonic() - t0, 2))
             t1 = time.monotonic()
-            await vm.snapshot(tmp / "snapshot", keep_running=False)
+            await asyncio.wait_for(vm.snapshot(tmp / "snapshot", keep_running=False),
+                                   spec.ready_timeout)
             timings["snapshot_s"] = time.monotonic() - t1
+        except (asyncio.TimeoutError, AgentError) as e:
+            raise BuildError(f"initializing the image: the VM stopped answering ({e!r})\n"
+                             f"{vm_view(vm)}") from None
         finally:
             vm.close()
         shutil.rmtree(tmp / "init-vm", ignore_errors=True)
@@ -551,7 +564,7 @@ class Builder:
                             network=NetOptions(EgressPolicy()))
         try:
             await v.wait_ready(spec.ready_timeout)
-            await v.after_restore()
+            await asyncio.wait_for(v.after_restore(), spec.ready_timeout)
             await self._ready(v, cfg, spec.ready_timeout)
             tcp = [int(p.split("/")[0]) for p in cfg.exposed_ports if p.endswith("/tcp")]
             if tcp:        # a first request, as a user's would be
@@ -567,6 +580,9 @@ class Builder:
             timings["validate_s"] = time.monotonic() - t1
             self.say(step="validate", log="restored, ready, working set recorded",
                      seconds=round(time.monotonic() - t1, 2))
+        except (asyncio.TimeoutError, AgentError) as e:
+            raise BuildError(f"validating the image: the restored VM stopped answering "
+                             f"({e!r})\n{vm_view(v)}") from None
         finally:
             v.close()
         shutil.rmtree(tmp / "validate-vm", ignore_errors=True)
