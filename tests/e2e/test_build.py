@@ -10,7 +10,7 @@ import pytest
 
 from vmmd.images import initramfs, paths
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3200)]   # room for a rerun of the host
 
 
 def test_flask_image_builds_launches_twice_and_caches_its_steps(testhost, tmp_path):

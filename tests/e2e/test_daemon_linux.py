@@ -14,7 +14,7 @@ import pytest
 from vmmd.images import initramfs, paths
 from vmmd.images.rootfs import busybox_rootfs
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]   # room for a rerun of the host
 
 
 def test_daemon_runs_linux_microvms_through_the_agent_and_suspends_them(testhost, tmp_path):

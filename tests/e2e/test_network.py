@@ -41,13 +41,13 @@ def test_x86_64_guest_network(testhost, tmp_path):
     assert r.passed_cleanly, r.output[-6000:] + r.console[-2000:]
 
 
-@pytest.mark.timeout(2000)
+@pytest.mark.timeout(2200)
 def test_aarch64_guest_network(testhost, tmp_path):
     r = run_in_host(testhost, "aarch64", tmp_path, timeout=960)
     assert r.passed_cleanly, r.output[-6000:] + r.console[-2000:]
 
 
-@pytest.mark.timeout(1300)
+@pytest.mark.timeout(1500)
 def test_daemon_launches_networked_microvms_with_policy_ports_and_wake(testhost, tmp_path):
     """tests/e2e/inhost_daemon_network.py: Launch with a policy and an exposed port, a download,
     Connect(network), SetEgress, and after a suspend a new MAC and the network back."""
