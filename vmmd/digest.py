@@ -63,8 +63,9 @@ class FileDigest:
         self.h.update(b"size" + self.size.to_bytes(8, "little"))
 
 
-def data_extents(fd: int, size: int):
-    """(start, end) of each data extent of an open file, by SEEK_DATA/SEEK_HOLE."""
+def data_chunks(fd: int, size: int, name: str, chunk: int = BLOCK):
+    """(offset, bytes) of an open file's data, in order, holes skipped (SEEK_DATA/SEEK_HOLE).
+    A file that shrinks meanwhile raises: a copy or a digest is exact or fails, never short."""
     pos = 0
     while pos < size:
         try:
@@ -74,21 +75,20 @@ def data_extents(fd: int, size: int):
         if start >= size:
             return
         end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        pos = end
+        pos = start
+        while pos < end:
+            buf = os.pread(fd, min(chunk, end - pos), pos)
+            if not buf:
+                raise OSError(f"{name} shrank while being read")
+            yield pos, buf
+            pos += len(buf)
 
 
-def hash_file(path: str, hasher, chunk: int = BLOCK) -> None:
-    """Feeds a file into `hasher` in the canonical form, reading only its data extents."""
+def hash_file(path: str, hasher) -> None:
+    """Feeds a file into `hasher` in the canonical form, reading only its data."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         d = FileDigest(hasher, size)
-        for start, end in data_extents(f.fileno(), size):
-            pos = start
-            while pos < end:
-                buf = os.pread(f.fileno(), min(chunk, end - pos), pos)
-                if not buf:
-                    raise OSError(f"{path} shrank while being hashed")
-                d.data(pos, buf)
-                pos += len(buf)
+        for pos, buf in data_chunks(f.fileno(), size, path):
+            d.data(pos, buf)
         d.end()

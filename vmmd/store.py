@@ -21,7 +21,7 @@ import sqlite3
 import time
 from typing import Any, Iterator
 
-from .digest import FileDigest, data_extents
+from .digest import FileDigest, data_chunks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -94,17 +94,11 @@ def copy_sparse(src: str, dst: str, hasher=None, chunk: int = 1 << 20) -> int:
     d = FileDigest(hasher, size) if hasher is not None else None
     written = 0
     with open(src, "rb") as fi, open(dst, "wb") as fo:
-        for start, end in data_extents(fi.fileno(), size):
-            pos = start
-            while pos < end:
-                buf = os.pread(fi.fileno(), min(chunk, end - pos), pos)
-                if not buf:    # a copy must be exact or fail, never shorter
-                    raise OSError(f"{src} shrank while being copied")
-                if d is not None:
-                    d.data(pos, buf)
-                os.pwrite(fo.fileno(), buf, pos)
-                written += len(buf)
-                pos += len(buf)
+        for pos, buf in data_chunks(fi.fileno(), size, src, chunk):
+            if d is not None:
+                d.data(pos, buf)
+            os.pwrite(fo.fileno(), buf, pos)
+            written += len(buf)
         if d is not None:
             d.end()
         fo.truncate(size)
