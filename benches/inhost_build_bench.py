@@ -15,52 +15,25 @@ import os
 import platform
 import shutil
 import sys
-import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from images_support import push, registry  # noqa: E402
-from inhost_build import APP, WORK, build  # noqa: E402
-from vmmd.microvm import LinuxSpec, MicroVM, NetOptions  # noqa: E402
+from inhost_build import APP, WORK, build, session  # noqa: E402
 from vmmd.native import Backend  # noqa: E402
-from vmmd.net import EgressPolicy  # noqa: E402
 
 ROUNDS = 2
 
 
 async def launch(res, arch: str, kernel: str, initrd: str, mode: str, name: str) -> dict:
-    spec = LinuxSpec(arch, kernel, initrd, str(res.rootfs), mem_mib=256, net=True)
     backend = Backend.MMAP if mode == "mmap" else Backend.UFFD
     ws = res.working_set if mode == "uffd+ws" else None
-    t0 = time.monotonic()
-    vm = MicroVM.restore(res.snapshot, spec, f"{WORK}/{name}", backend=backend,
-                         network=NetOptions(EgressPolicy(), expose=(8000,)), working_set=ws)
-    try:
-        await vm.wait_ready(120)
-        ready = time.monotonic() - t0
-        await vm.after_restore()
-        synced = time.monotonic() - t0
-        url = f"http://127.0.0.1:{vm.host_port(8000)}/"
-        while True:
-            try:
-                body = await asyncio.to_thread(
-                    lambda: urllib.request.urlopen(url, timeout=30).read().decode())
-                break
-            except OSError:
-                if time.monotonic() - t0 > 120:
-                    raise
-                await asyncio.sleep(0.05)
-        took = time.monotonic() - t0
-        st = vm.vm.stats()
-        assert body.startswith("hello from app v1"), body
-        return {"to_http_s": round(took, 3), "agent_ready_s": round(ready, 3),
-                "after_restore_s": round(synced, 3), "uffd_faults": st["uffd_faults"],
-                "uffd_pages": st["uffd_pages"]}
-    finally:
-        vm.close()
+    body, took, st = await session(res, arch, kernel, initrd, name, backend, ws)
+    assert body.startswith("hello from app v1"), body
+    return {"to_http_s": round(took, 3), "uffd_faults": st["uffd_faults"],
+            "uffd_pages": st["uffd_pages"]}
 
 
 def step_seconds(rec) -> dict:

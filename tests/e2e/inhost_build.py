@@ -25,6 +25,7 @@ from images_support import push, registry  # noqa: E402
 from vmmd.errors import InvalidArgument  # noqa: E402
 from vmmd.images.build import Builder, BuildSpec  # noqa: E402
 from vmmd.microvm import LinuxSpec, MicroVM, NetOptions  # noqa: E402
+from vmmd.native import Backend  # noqa: E402
 from vmmd.net import EgressPolicy  # noqa: E402
 
 WORK = "/tmp/build-e2e"
@@ -112,11 +113,15 @@ async def build(base: str, app: str, out: str, arch: str, kernel: str, initrd: s
     return res, rec, time.monotonic() - t0
 
 
-async def session(res, arch: str, kernel: str, initrd: str, name: str) -> tuple[str, float]:
+async def session(res, arch: str, kernel: str, initrd: str, name: str,
+                  backend: Backend = Backend.MMAP, working_set=None) -> tuple[str, float, dict]:
+    """A session launched from the built image: the app's first HTTP answer, the seconds from
+    launch to it, and the VMM's counters then (benches/inhost_build_bench.py uses it too)."""
     spec = LinuxSpec(arch, kernel, initrd, str(res.rootfs), mem_mib=256, net=True)
     t0 = time.monotonic()
-    vm = MicroVM.restore(res.snapshot, spec, f"{WORK}/{name}",
-                         network=NetOptions(EgressPolicy(), expose=(8000,)))
+    vm = MicroVM.restore(res.snapshot, spec, f"{WORK}/{name}", backend=backend,
+                         network=NetOptions(EgressPolicy(), expose=(8000,)),
+                         working_set=working_set)
     try:
         await vm.wait_ready(120)
         await vm.after_restore()
@@ -129,8 +134,8 @@ async def session(res, arch: str, kernel: str, initrd: str, name: str) -> tuple[
             except OSError:
                 if time.monotonic() - t0 > 120:
                     raise
-                await asyncio.sleep(0.2)
-        return body.strip(), time.monotonic() - t0
+                await asyncio.sleep(0.05)
+        return body.strip(), time.monotonic() - t0, vm.vm.stats()
     finally:
         vm.close()
 
@@ -180,7 +185,7 @@ async def main() -> None:
         check("first_build_ran_runs", rec.ran("RUN"))
         bodies, launch = [], []
         for i in range(2):
-            body, t = await session(res, arch, kernel, initrd, f"s{i}")
+            body, t, _ = await session(res, arch, kernel, initrd, f"s{i}")
             bodies.append(body)
             launch.append(t)
             timing(f"launch_to_http_{i}", t)
@@ -197,7 +202,7 @@ async def main() -> None:
                                        f"{WORK}/image3", arch, kernel, initrd)
         timing("build_one_file_changed", took)
         check("changed_rebuild_ran", f"RUN={rec3.ran('RUN')},COPY={rec3.ran('COPY')}")
-        body, _ = await session(res3, arch, kernel, initrd, "s3")
+        body, _, _ = await session(res3, arch, kernel, initrd, "s3")
         check("changed_app_answers", body.startswith("hello from app v2"))
         await bad(base, arch, kernel, initrd)
     check("done", True)
