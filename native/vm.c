@@ -720,7 +720,11 @@ int vmm_virtio_info(struct vmm *vm, int type, unsigned int id, struct vmm_virtio
     if (!d)
         r = vmm_err(ENODEV, "the VM has no virtio device of type %d with id %u", type, id);
     /* the queues are the loop's: read them at rest (a paused VM's loop already is) */
-    bool parked = !r && !vm->loop_quiesced && !(r = evl_quiesce(vm->loop, QUIESCE_TIMEOUT_MS));
+    bool parked = false;
+    if (!r && !vm->loop_quiesced) {
+        r = evl_quiesce(vm->loop, QUIESCE_TIMEOUT_MS);
+        parked = !r;
+    }
     if (!r)
         virtio_info(d->priv, out);   /* every virtio device's state begins with its virtio_dev */
     if (parked)
