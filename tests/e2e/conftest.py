@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 
 import pytest
 
@@ -28,8 +29,9 @@ EMULATION_RERUNS = 2
 
 
 class TestHost:
-    def __init__(self, arch: str):
+    def __init__(self, arch: str, deadline: float = float("inf")):
         self.arch = arch
+        self.deadline = deadline     # monotonic time pytest-timeout ends the test at
 
     def run(self, script: str, **kw) -> hosts.HostResult:
         env = {"VMMD_CACHE": os.path.dirname(cache_dir()), **kw.pop("env", {})}
@@ -43,6 +45,11 @@ class TestHost:
                 break
             why = (f"its kernel broke ({r.broke_why[:120]})" if r.host_broke else
                    "a guest triple-faulted under nested SVM")
+            if time.monotonic() + kw.get("timeout", 600) + 60 > self.deadline:
+                # a rerun pytest-timeout would cut short loses this run's console too
+                BOOTS.append(f"{self.arch} host: {why}; no time left in the test's limit "
+                             "for a rerun")
+                break
             BOOTS.append(f"{self.arch} host: {why} (QEMU TCG nested virtualization, "
                          "docs/emulated-hosts.md); ran it again")
             r = hosts.run(self.arch, script, env=env, binds=binds, **kw)
@@ -107,12 +114,16 @@ class TestHost:
 
 
 @pytest.fixture
-def testhost():
+def testhost(request):
+    marker = request.node.get_closest_marker("timeout")
+    limit = marker.args[0] if marker and marker.args else request.config.getini("timeout")
+    deadline = time.monotonic() + float(limit or "inf")
+
     def make(arch: str) -> TestHost:
         problem = hosts.problem(arch)
         if problem:
             if REQUIRE_KVM:
                 pytest.fail(f"VMMD_REQUIRE_KVM=1 but {problem}")
             pytest.skip(problem)
-        return TestHost(arch)
+        return TestHost(arch, deadline)
     return make
