@@ -136,12 +136,25 @@ class Conn:
     def close(self) -> None:
         self.writer.close()
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Closes once what was written has reached the agent. A stream that takes nothing more
+        within `timeout` (a stalled or stopped guest) is aborted instead, and so is one whose
+        caller is being cancelled: close() alone waits for the unsent bytes to drain, and a
+        caller's deadline (asyncio.wait_for waits for the cancelled call) would wait with it."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            self.writer.transport.abort()
+            return
         self.writer.close()
         try:
-            await self.writer.wait_closed()
+            await asyncio.wait_for(self.writer.wait_closed(), timeout)
         except (ConnectionError, OSError):
             pass
+        except asyncio.TimeoutError:
+            self.writer.transport.abort()
+        except asyncio.CancelledError:
+            self.writer.transport.abort()
+            raise
 
 
 class OutputStream:

@@ -476,6 +476,44 @@ def test_client_refuses_oversized_frames_from_the_agent(tmp_path):
     run(go())
 
 
+def test_a_caller_deadline_holds_while_the_agent_stops_reading(tmp_path):
+    """A guest that stops taking bytes (stalled or stopped) must not hold a caller past its own
+    deadline: cancelling a write_file stuck in drain used to wait in close() for the unsent
+    bytes, and asyncio.wait_for waits for the cancelled call. Here the stand-in agent accepts
+    the request and then reads nothing; the deadline must end the call, in a thread so that a
+    hang fails the test instead of stopping the run."""
+    import threading
+    path = tmp_path / "stuck.sock"
+    outcome = []
+
+    async def go():
+        held = []
+
+        async def stuck(r, w):
+            head = await r.readexactly(4)
+            await r.readexactly(int.from_bytes(head, "big"))
+            body = msgpack.packb({"t": "ok"})
+            w.write(len(body).to_bytes(4, "big") + body)
+            await w.drain()
+            held.append(w)                     # keeps the stream open, never reads again
+            await asyncio.sleep(3600)
+        server = await asyncio.start_unix_server(stuck, str(path))
+        async with server:
+            t0 = time.monotonic()
+            try:
+                await asyncio.wait_for(Agent.unix(path).write_file("/x", b"\0" * (32 * MiB)), 1.0)
+            except asyncio.TimeoutError:
+                outcome.append(time.monotonic() - t0)
+            for w in held:
+                w.transport.abort()
+
+    t = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "write_file outlived its caller's deadline: close waits on the guest"
+    assert outcome, "the call ended some other way than by its deadline"
+
+
 # --- helpers reading /proc ---
 
 def ppid(pid: int) -> int:
