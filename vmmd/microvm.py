@@ -18,6 +18,7 @@ the guest and what a snapshot holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -27,7 +28,7 @@ import time
 
 from vmmd import net
 from vmmd.agent import Agent, AgentError, ProtocolError
-from vmmd.native import VM, Backend, Device, DeviceType
+from vmmd.native import VM, Backend, Device, DeviceType, VmmError
 
 VSOCK_CID = 3
 NET_ID = 0
@@ -241,6 +242,42 @@ class MicroVM:
                 self.vm.resume()
                 await frozen.thaw()
             await frozen.conn.aclose()
+
+    def view(self, console_tail: int = 2000) -> str:
+        """A VM that stopped answering, seen from the VMM (for an error message): whether it
+        still runs (and why not), whether its vCPUs still exit (two readings 2 s apart), its
+        virtio queues, the host's free memory and disk, its console's end. Blocks for 2 s."""
+        try:
+            state = self.vm.state.name
+            if state not in ("RUNNING", "PAUSED"):
+                state += f" ({self.vm.wait(0).message})"
+            a = self.vm.stats()
+            time.sleep(2)
+            b = self.vm.stats()
+            exits = {k: b[k] - a[k]
+                     for k in ("exits_total", "exits_io", "exits_mmio", "exits_intr")}
+            devices = []
+            for t in (DeviceType.VIRTIO_BLK, DeviceType.VIRTIO_VSOCK, DeviceType.VIRTIO_NET):
+                with contextlib.suppress(VmmError):      # a device this VM lacks
+                    d = self.vm.virtio_info(t)
+                    qs = " ".join(f"q{i}:{q['avail_idx']}/{q['last_avail']}/{q['used_idx']}"
+                                  for i, q in enumerate(d["queues"]) if q["ready"])
+                    devices.append(f"{t.name}: status {d['status']:#x}"
+                                   f"{' BROKEN: ' + d['why'] if d['broken'] else ''}, "
+                                   f"passes {d['passes']}, avail/taken/used {qs}")
+        except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the error it explains
+            state, exits, devices = f"(unreadable: {e})", {}, []
+        try:
+            with open("/proc/meminfo") as f:
+                mem = {ln.split(":")[0]: int(ln.split()[1]) >> 10 for ln in f}
+            host = (f"this host: {mem.get('MemAvailable')} MiB available of "
+                    f"{mem.get('MemTotal')}, shmem {mem.get('Shmem')} MiB; ")
+            st = os.statvfs(self.console_path.parent)
+            host += f"{st.f_bavail * st.f_frsize >> 20} MiB free beside the VM's files"
+        except (OSError, ValueError, AttributeError) as e:
+            host = f"this host: (unreadable: {e})"
+        return (f"the VM: {state}; vCPU exits in 2 s: {exits}\n" + "\n".join(devices) +
+                f"\n{host}\nits console ended with:\n{self.console_text()[-console_tail:]}")
 
     def console_text(self) -> str:
         try:

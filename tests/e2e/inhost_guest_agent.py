@@ -42,8 +42,20 @@ def metric(name: str, value) -> None:
     print(f"\nvmmd-guest: {ARCH} {VMM} {name} {value}", flush=True)
 
 
+UNDER_TEST = []         # the guest the current call talks to, for run()'s diagnosis
+
+
 def run(coro, timeout: float = 300):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    """The call, within `timeout`; one that times out in vmmd's VMM first prints what the VMM
+    sees (VM state, vCPU exits, each virtio queue), which tells a stalled device of ours from a
+    guest that stopped asking."""
+    try:
+        return asyncio.run(asyncio.wait_for(coro, timeout))
+    except asyncio.TimeoutError:
+        if VMM == "vmmd" and UNDER_TEST and UNDER_TEST[-1].mvm is not None:
+            print(f"\n--- a call timed out after {timeout:g} s; vmmd's view of the VM ---\n"
+                  f"{UNDER_TEST[-1].mvm.view()}", flush=True)
+        raise
 
 
 def sha(b: bytes) -> str:
@@ -74,6 +86,7 @@ def guest():
     g = PEER(ARCH, os.environ["VMMD_GUEST_KERNEL"], os.environ["VMMD_GUEST_INITRD"],
              disk=disk, workdir="/tmp/guest")
     g.start()
+    UNDER_TEST.append(g)
     agent = g.agent
     info = wait_ready(g, agent, 400)
     metric("boot_to_agent_ready_s", round(time.monotonic() - g.started, 2))

@@ -40,7 +40,7 @@ from vmmd.images import context as ctxmod
 from vmmd.images import dockerfile as dfmod
 from vmmd.images import archive, cachegc, flatten, oci, paths, stepcache
 from vmmd.microvm import LinuxSpec, MicroVM, NetOptions
-from vmmd.native import Backend, DeviceType, VmmError
+from vmmd.native import Backend
 from vmmd.net import EgressPolicy
 
 MAX_DISK = 32 << 30
@@ -77,41 +77,6 @@ class BuildResult:
     digest: str                       # the last step's cache key: the build's identity
     base_digest: str
     timings: dict
-
-
-def vm_view(vm: MicroVM) -> str:
-    """A build VM that stopped answering, seen from the VMM: whether it still runs (and why
-    not), whether its vCPUs still exit (two readings 2 s apart), its console's end."""
-    try:
-        state = vm.vm.state.name
-        if state not in ("RUNNING", "PAUSED"):
-            state += f" ({vm.vm.wait(0).message})"
-        a = vm.vm.stats()
-        time.sleep(2)
-        b = vm.vm.stats()
-        exits = {k: b[k] - a[k] for k in ("exits_total", "exits_io", "exits_mmio", "exits_intr")}
-        devices = []
-        for t in (DeviceType.VIRTIO_BLK, DeviceType.VIRTIO_VSOCK, DeviceType.VIRTIO_NET):
-            with contextlib.suppress(VmmError):      # a device this VM lacks
-                d = vm.vm.virtio_info(t)
-                qs = " ".join(f"q{i}:{q['avail_idx']}/{q['last_avail']}/{q['used_idx']}"
-                              for i, q in enumerate(d["queues"]) if q["ready"])
-                devices.append(f"{t.name}: status {d['status']:#x}"
-                               f"{' BROKEN: ' + d['why'] if d['broken'] else ''}, "
-                               f"passes {d['passes']}, avail/taken/used {qs}")
-    except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the error it explains
-        state, exits, devices = f"(unreadable: {e})", {}, []
-    try:
-        with open("/proc/meminfo") as f:
-            mem = {ln.split(":")[0]: int(ln.split()[1]) >> 10 for ln in f}
-        host = (f"this host: {mem.get('MemAvailable')} MiB available of {mem.get('MemTotal')}, "
-                f"shmem {mem.get('Shmem')} MiB; ")
-        st = os.statvfs(vm.console_path.parent)
-        host += f"{st.f_bavail * st.f_frsize >> 20} MiB free beside the VM's files"
-    except (OSError, ValueError, AttributeError) as e:
-        host = f"this host: (unreadable: {e})"
-    return (f"the VM: {state}; vCPU exits in 2 s: {exits}\n" + "\n".join(devices) +
-            f"\n{host}\nits console ended with:\n{vm.console_text()[-LOG_TAIL // 2:]}")
 
 
 def _progress_nop(_: dict) -> None:
@@ -321,7 +286,8 @@ class Builder:
                 await asyncio.wait_for(p.kill(), 30)
             raise BuildError(f"line {st.line}: RUN did not finish in {spec.run_timeout:g} s; "
                              f"its output ended with:\n{tail.decode(errors='replace')}\n"
-                             f"the build VM's processes:\n{seen}\n{vm_view(vm)}") from None
+                             f"the build VM's processes:\n{seen}\n"
+                             f"{vm.view(LOG_TAIL // 2)}") from None
         if status.code != 0:
             how = f"exit status {status.code}" if status.code is not None \
                 else f"signal {status.signal}"
@@ -387,7 +353,7 @@ class Builder:
                     except asyncio.TimeoutError:
                         raise BuildError(f"line {st.line}: snapshotting the build VM after "
                                          f"{st.kind} took over {spec.ready_timeout:g} s\n"
-                                         f"{vm_view(vm)}") from None
+                                         f"{vm.view(LOG_TAIL // 2)}") from None
                     snapshot = str(self._entry(keys[i]) / "snap")
                     layer = snap / "virtio-blk.0.disk"
                     if layer.exists():
@@ -554,7 +520,7 @@ class Builder:
             timings["snapshot_s"] = time.monotonic() - t1
         except (asyncio.TimeoutError, AgentError) as e:
             raise BuildError(f"initializing the image: the VM stopped answering ({e!r})\n"
-                             f"{vm_view(vm)}") from None
+                             f"{vm.view(LOG_TAIL // 2)}") from None
         finally:
             vm.close()
         shutil.rmtree(tmp / "init-vm", ignore_errors=True)
@@ -582,7 +548,7 @@ class Builder:
                      seconds=round(time.monotonic() - t1, 2))
         except (asyncio.TimeoutError, AgentError) as e:
             raise BuildError(f"validating the image: the restored VM stopped answering "
-                             f"({e!r})\n{vm_view(v)}") from None
+                             f"({e!r})\n{v.view(LOG_TAIL // 2)}") from None
         finally:
             v.close()
         shutil.rmtree(tmp / "validate-vm", ignore_errors=True)
