@@ -56,7 +56,7 @@ class HostResult:
     @property
     def broke_why(self) -> str:
         """The console line that shows the host broke, or ""."""
-        m = re.search(r"^.*(watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ (detected )?stall|"
+        m = re.search(r"^.*(watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ (self-)?detected stall|"
                       r"rcu_preempt kthread starved|Kernel panic - not syncing).*$",
                       self.console, re.M)
         if m:

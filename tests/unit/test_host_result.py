@@ -1,0 +1,67 @@
+"""How a run in an emulated KVM host is judged (tests/hosts.py): a host whose own kernel broke
+gets a rerun, a command that failed or hung while the host lived does not. Each console below
+holds the lines the hosts printed when that happened (docs/emulated-hosts.md)."""
+from __future__ import annotations
+
+from hosts import HostResult
+
+BEATS = "".join(f"vmmd-host: alive {t:.2f}\r\n" for t in range(34, 520, 30))
+
+
+def result(console: str, status: int | None = None, wall: float = 540.0,
+           output: str = "", arch: str = "x86_64") -> HostResult:
+    return HostResult(arch, status, output, console, 4.7, wall)
+
+
+def test_a_command_that_hangs_while_the_host_beats_is_our_failure():
+    r = result("vmmd-host: up in 4.69 s, kvm: yes\r\n" + BEATS + "\n[vmmd: host timed out]")
+    assert not r.host_broke and r.broke_why == ""
+    assert not r.passed_cleanly
+
+
+def test_a_heartbeat_that_stops_long_before_the_timeout_is_a_frozen_host():
+    beats = "".join(f"vmmd-host: alive {t}.01\r\n" for t in (34, 64, 94))
+    r = result("vmmd-host: up in 4.69 s, kvm: yes\r\n" + beats, wall=540.0)
+    assert r.host_broke
+    assert r.broke_why == "the host's heartbeat stopped at 94 s of 540 s"
+
+
+def test_a_heartbeat_that_stops_near_the_end_is_not_enough():
+    beats = "".join(f"vmmd-host: alive {t}.01\r\n" for t in (34, 64, 394, 424))
+    assert not result(beats, wall=540.0).host_broke
+
+
+def test_a_host_without_heartbeats_is_not_called_frozen():
+    # an older host image, or one that died before its init's first beat: nothing to go on
+    assert not result("[vmmd: host timed out]").host_broke
+
+
+def test_a_finished_command_is_never_frozen():
+    assert not result("vmmd-host: alive 34.77\r\n", status=1, wall=900).host_broke
+
+
+def test_host_kernel_panic_soft_lockup_and_rcu_stall_break_the_host():
+    lines = {
+        "[  812.1] Kernel panic - not syncing: stack guard page was hit": "Kernel panic",
+        "[  95.3] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [qemu:210]": "soft lockup",
+        "[ 301.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:": "rcu_preempt",
+        "[ 120.0] rcu: INFO: rcu_sched self-detected stall on CPU": "rcu_sched",
+        "[ 400.2] rcu: rcu_preempt kthread starved for 10002 jiffies!": "kthread starved",
+    }
+    for line, word in lines.items():
+        r = result(BEATS + line + "\r\n" + BEATS, status=0, output="3 passed in 9.0s")
+        assert r.host_broke, line
+        assert word in r.broke_why and r.broke_why.startswith("["), r.broke_why
+
+
+def test_a_clean_pytest_summary_passes_and_skips_or_failures_do_not():
+    assert result("", status=0, output="....\n4 passed in 12.3s").passed_cleanly
+    for last in ("3 passed, 1 skipped in 9s", "3 passed, 1 failed in 9s", "1 error in 2s"):
+        assert not result("", status=0, output=last).passed_cleanly, last
+    assert not result("", status=1, output="4 passed in 12.3s").passed_cleanly
+
+
+def test_a_guest_triple_fault_is_recognised_on_x86_64_only():
+    out = "vmmd VM: the guest triple-faulted (KVM_EXIT_SHUTDOWN)"
+    assert result("", status=1, output=out).guest_triple_faulted
+    assert not result("", status=1, output=out, arch="aarch64").guest_triple_faulted
