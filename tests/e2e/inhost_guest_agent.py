@@ -73,9 +73,10 @@ def wait_ready(g, agent: Agent, timeout: float) -> dict:
                 if not g.alive() or time.monotonic() > deadline:
                     break
             await asyncio.sleep(0.02)
+        view = g.mvm.view() if VMM == "vmmd" and g.mvm is not None else ""
         out = g.stop()
         pytest.fail(f"no agent after {time.monotonic() - g.started:.1f} s; {VMM} said:\n{out}\n"
-                    f"console:\n{g.console_text()[-6000:]}")
+                    f"{view}\nconsole:\n{g.console_text()[-6000:]}")
     return run(go(), timeout + 60)
 
 

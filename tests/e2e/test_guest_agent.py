@@ -6,6 +6,7 @@ sync. The peer's figures are printed beside vmmd's. Everything is built here fir
 have no compiler)."""
 from __future__ import annotations
 
+import os
 
 import pytest
 
@@ -34,3 +35,20 @@ def test_x86_64_guest_agent(testhost, tmp_path, vmm):
 def test_aarch64_guest_agent(testhost, tmp_path, vmm):
     r = run_in_host(testhost, vmm, "aarch64", tmp_path, timeout=960)
     assert r.passed_cleanly, r.output[-6000:] + r.console[-2000:]
+
+
+# One snapshot restored a dozen times in a row (tests/e2e/inhost_restore_loop.py): every copy
+# answers, keeps its disk, takes writes and does not see the copy before it. About two minutes
+# in the aarch64 host. In the x86_64 host the same loop broke the host's own kernel (RCU
+# stalls, a soft lockup, a frozen host: QEMU TCG's nested SVM) in 4 of 9 attempts on
+# 2026-11-24, so it runs there only when asked (VMMD_E2E_X86_RESTORE_LOOP=1;
+# docs/emulated-hosts.md). The limit leaves room for the fixture's reruns of a broken host.
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("arch", ["aarch64", "x86_64"])
+def test_every_restore_of_one_snapshot_answers(testhost, tmp_path, arch):
+    if arch == "x86_64" and not os.environ.get("VMMD_E2E_X86_RESTORE_LOOP"):
+        pytest.skip("breaks the emulated x86_64 host's kernel too often for CI; "
+                    "VMMD_E2E_X86_RESTORE_LOOP=1 runs it")
+    r = testhost(arch).guest_pytest("tests/e2e/inhost_restore_loop.py", tmp_path,
+                                    prefix="vmmd-guest", what="restore loop", timeout=480)
+    assert r.passed_cleanly, r.output[-8000:] + r.console[-2000:]
