@@ -22,6 +22,13 @@ import time
 GUEST_CID = 3
 
 
+def guest_from_env(disk: str = "/tmp/guest-root.ext4") -> tuple[str, str, str]:
+    """The guest the testhost fixture built for this host (VMMD_GUEST_KERNEL, _INITRD, _DISK):
+    its kernel, its initrd, and a copy of its disk at `disk` that the test may write to."""
+    shutil.copyfile(os.environ["VMMD_GUEST_DISK"], disk)
+    return os.environ["VMMD_GUEST_KERNEL"], os.environ["VMMD_GUEST_INITRD"], disk
+
+
 def qemu_command(arch: str, kernel: str, initrd: str, *, cid: int = GUEST_CID, mem_mb: int = 256,
                  cpus: int = 2, disk: str | None = None, console: str, qmp: str | None = None,
                  append: str = "", incoming: str | None = None,

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from guest_peer import QemuGuest, VmmdGuest, smaps_rollup
+from guest_peer import QemuGuest, VmmdGuest, guest_from_env, smaps_rollup
 from vmmd.agent import Agent, AgentError, ProtocolError
 
 pytestmark = pytest.mark.timeout(900)
@@ -82,10 +82,8 @@ def wait_ready(g, agent: Agent, timeout: float) -> dict:
 
 @pytest.fixture(scope="module")
 def guest():
-    disk = "/tmp/guest-root.ext4"
-    shutil.copyfile(os.environ["VMMD_GUEST_DISK"], disk)
-    g = PEER(ARCH, os.environ["VMMD_GUEST_KERNEL"], os.environ["VMMD_GUEST_INITRD"],
-             disk=disk, workdir="/tmp/guest")
+    kernel, initrd, disk = guest_from_env()
+    g = PEER(ARCH, kernel, initrd, disk=disk, workdir="/tmp/guest")
     g.start()
     UNDER_TEST.append(g)
     agent = g.agent

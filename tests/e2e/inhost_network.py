@@ -14,12 +14,12 @@ import asyncio
 import hashlib
 import os
 import platform
-import shutil
 import time
 import urllib.request
 
 import pytest
 
+from guest_peer import guest_from_env
 from netpeer import FILES_PORT, GATEWAY, OTHER_PORT, WORLD, Counting, Dns, World
 from vmmd.microvm import LinuxSpec, MicroVM, NetOptions
 from vmmd.net import EgressPolicy
@@ -50,10 +50,8 @@ def world():
 
 @pytest.fixture(scope="module")
 def spec(world):
-    disk = "/tmp/guest-root.ext4"
-    shutil.copyfile(os.environ["VMMD_GUEST_DISK"], disk)
-    return LinuxSpec(ARCH, os.environ["VMMD_GUEST_KERNEL"], os.environ["VMMD_GUEST_INITRD"],
-                     disk, net=True)
+    kernel, initrd, disk = guest_from_env()
+    return LinuxSpec(ARCH, kernel, initrd, disk, net=True)
 
 
 def open_files() -> EgressPolicy:

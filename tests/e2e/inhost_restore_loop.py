@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import statistics
 import time
 
 import pytest
 
-from guest_peer import VmmdGuest
+from guest_peer import VmmdGuest, guest_from_env
 
 ROUNDS = int(os.environ.get("VMMD_RESTORE_ROUNDS", "12"))
 ARCH = os.uname().machine
@@ -42,10 +41,8 @@ def guest_view(c: VmmdGuest) -> str:
 
 
 def test_every_restore_of_one_snapshot_answers_with_its_disk():
-    disk = "/tmp/guest-root.ext4"
-    shutil.copyfile(os.environ["VMMD_GUEST_DISK"], disk)
-    g = VmmdGuest(ARCH, os.environ["VMMD_GUEST_KERNEL"], os.environ["VMMD_GUEST_INITRD"],
-                  disk=disk, workdir="/tmp/guest")
+    kernel, initrd, disk = guest_from_env()
+    g = VmmdGuest(ARCH, kernel, initrd, disk=disk, workdir="/tmp/guest")
     g.start()
     snap = "/tmp/snapshot"
 
