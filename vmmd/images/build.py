@@ -287,7 +287,7 @@ class Builder:
             raise BuildError(f"line {st.line}: RUN did not finish in {spec.run_timeout:g} s; "
                              f"its output ended with:\n{tail.decode(errors='replace')}\n"
                              f"the build VM's processes:\n{seen}\n"
-                             f"{vm.view(LOG_TAIL // 2)}") from None
+                             f"{await asyncio.to_thread(vm.view, LOG_TAIL // 2)}") from None
         if status.code != 0:
             how = f"exit status {status.code}" if status.code is not None \
                 else f"signal {status.signal}"
@@ -351,9 +351,10 @@ class Builder:
                         await asyncio.wait_for(vm.snapshot(snap, keep_running=True),
                                                spec.ready_timeout)
                     except asyncio.TimeoutError:
+                        view = await asyncio.to_thread(vm.view, LOG_TAIL // 2)
                         raise BuildError(f"line {st.line}: snapshotting the build VM after "
                                          f"{st.kind} took over {spec.ready_timeout:g} s\n"
-                                         f"{vm.view(LOG_TAIL // 2)}") from None
+                                         f"{view}") from None
                     snapshot = str(self._entry(keys[i]) / "snap")
                     layer = snap / "virtio-blk.0.disk"
                     if layer.exists():
@@ -520,7 +521,7 @@ class Builder:
             timings["snapshot_s"] = time.monotonic() - t1
         except (asyncio.TimeoutError, AgentError) as e:
             raise BuildError(f"initializing the image: the VM stopped answering ({e!r})\n"
-                             f"{vm.view(LOG_TAIL // 2)}") from None
+                             f"{await asyncio.to_thread(vm.view, LOG_TAIL // 2)}") from None
         finally:
             vm.close()
         shutil.rmtree(tmp / "init-vm", ignore_errors=True)
@@ -548,7 +549,7 @@ class Builder:
                      seconds=round(time.monotonic() - t1, 2))
         except (asyncio.TimeoutError, AgentError) as e:
             raise BuildError(f"validating the image: the restored VM stopped answering "
-                             f"({e!r})\n{v.view(LOG_TAIL // 2)}") from None
+                             f"({e!r})\n{await asyncio.to_thread(v.view, LOG_TAIL // 2)}") from None
         finally:
             v.close()
         shutil.rmtree(tmp / "validate-vm", ignore_errors=True)
