@@ -40,7 +40,7 @@ poweroff -f
 RUNNER = r"""
 import os, select, sys, time
 os.environ.pop("VMMD_NATIVE", None)           # the production module
-from vmmd.native import VM, Backend, Device, DeviceType
+from vmmd.native import VM, Backend, Device, DeviceType, State
 kernel, initrd, cmdline, arch, snap, cycles = sys.argv[1:7]
 cycles = int(cycles)
 devs = (Device(DeviceType.VMGENID),) if arch == "x86_64" else ()
@@ -49,18 +49,30 @@ devs = (Device(DeviceType.VMGENID),) if arch == "x86_64" else ()
 def pump(vms, until, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(until(name, out) for name, (vm, out) in vms.items()):
-            return True
+        # the state is read before the drain, so all an ended VM printed is read below
+        ended = [n for n, (vm, out) in vms.items() if vm.state in (State.STOPPED, State.FAILED)]
         p = select.poll()
         for name, (vm, out) in vms.items():
             p.register(vm.serial_fd(), select.POLLIN)
-        p.poll(200)
+        if not ended:
+            p.poll(200)
         for name, (vm, out) in vms.items():
             start = out.rfind(b"\n") + 1
-            out += vm.serial_read()
+            while chunk := vm.serial_read():
+                out += chunk
+                if name not in ended:
+                    break
             for line in bytes(out[start:out.rfind(b"\n") + 1]).decode(errors="replace").splitlines():
                 if "VMMD:" in line:
                     print(f"{name}| {line.strip()}", flush=True)
+        if all(until(name, out) for name, (vm, out) in vms.items()):
+            return True
+        ended = [n for n in ended if not until(n, vms[n][1])]
+        for n in ended:         # it will never print what we wait for: say how it ended
+            info = vms[n][0].wait(0)
+            print(f"ENDED {n} {info.state.name} {info.reason.name} {info.message}", flush=True)
+        if ended:
+            return False
     return False
 
 
