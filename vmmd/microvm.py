@@ -23,10 +23,11 @@ import dataclasses
 import os
 import pathlib
 import select
+import struct
 import threading
 import time
 
-from vmmd import net
+from vmmd import irqview, net
 from vmmd.agent import Agent, AgentError, ProtocolError
 from vmmd.native import VM, Backend, Device, DeviceType, VmmError
 
@@ -256,15 +257,19 @@ class MicroVM:
             b = self.vm.stats()
             exits = {k: b[k] - a[k]
                      for k in ("exits_total", "exits_io", "exits_mmio", "exits_intr")}
-            devices = []
+            devices, lines = [], {}
             for t in (DeviceType.VIRTIO_BLK, DeviceType.VIRTIO_VSOCK, DeviceType.VIRTIO_NET):
                 with contextlib.suppress(VmmError):      # a device this VM lacks
                     d = self.vm.virtio_info(t)
+                    lines[t.name] = d["gsi"]
                     qs = " ".join(f"q{i}:{q['avail_idx']}/{q['last_avail']}/{q['used_idx']}"
                                   for i, q in enumerate(d["queues"]) if q["ready"])
                     devices.append(f"{t.name}: status {d['status']:#x}"
                                    f"{' BROKEN: ' + d['why'] if d['broken'] else ''}, "
-                                   f"passes {d['passes']}, avail/taken/used {qs}")
+                                   f"passes {d['passes']}, interrupts {d['interrupts']}, "
+                                   f"avail/taken/used {qs}")
+            if self.arch == "x86_64" and state == "RUNNING":
+                devices.append(self._interrupts(lines))
         except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the error it explains
             state, exits, devices = f"(unreadable: {e})", {}, []
         try:
@@ -278,6 +283,20 @@ class MicroVM:
             host = f"this host: (unreadable: {e})"
         return (f"the VM: {state}; vCPU exits in 2 s: {exits}\n" + "\n".join(devices) +
                 f"\n{host}\nits console ended with:\n{self.console_text()[-console_tail:]}")
+
+    def _interrupts(self, lines: dict[str, int]) -> str:
+        """The guest's interrupt state, read in a pause (the VM runs on after it)."""
+        try:
+            self.vm.pause()
+        except VmmError as e:
+            return f"interrupt state: cannot pause: {e}"
+        try:
+            return irqview.describe(self.vm.state_blob(), lines)
+        except (VmmError, ValueError, KeyError, IndexError, struct.error) as e:
+            return f"interrupt state: unreadable: {e}"
+        finally:
+            with contextlib.suppress(VmmError):
+                self.vm.resume()
 
     def console_text(self) -> str:
         try:

@@ -450,7 +450,7 @@ class VM:
                                                      "used_idx")} for i in range(o.nqueues)]
         return {"status": o.status, "broken": bool(o.broken),
                 "why": ffi.string(o.why).decode(errors="replace"), "passes": o.passes,
-                "queues": queues}
+                "interrupts": o.interrupts, "gsi": o.gsi, "queues": queues}
 
     def net_stats(self, id: int) -> NetStats:
         st = ffi.new("struct vmm_net_stats *")

@@ -27,8 +27,10 @@ uint64_t virtio_negotiated(struct virtio_dev *v)
 
 static void raise_irq(struct virtio_dev *v)
 {
-    if (v->irq)
+    if (v->irq) {
+        __atomic_fetch_add(&v->interrupts, 1, __ATOMIC_RELAXED);
         irq_trigger(v->irq);
+    }
 }
 
 void virtio_rekick(struct virtio_dev *v)
@@ -72,6 +74,8 @@ void virtio_info(struct virtio_dev *v, struct vmm_virtio_info *o)
     snprintf(o->why, sizeof(o->why), "%s", o->broken ? v->broken_why : "");
     pthread_mutex_unlock(&v->lock);
     o->passes = v->passes;
+    o->interrupts = __atomic_load_n(&v->interrupts, __ATOMIC_RELAXED);
+    o->gsi = v->irq ? (int)irq_gsi(v->irq) : -1;
     o->nqueues = (unsigned int)v->ops->nqueues;
     for (int i = 0; i < v->ops->nqueues && i < VIRTIO_MAX_QUEUES; i++) {
         struct vmm_virtio_queue_info *q = &o->q[i];
@@ -507,4 +511,21 @@ void virtio_apply(struct virtio_dev *v, const struct virtio_transport_state *s)
     pthread_mutex_unlock(&v->lock);
 }
 
-void virtio_post_load(struct virtio_dev *v) { virtio_rekick(v); }
+/* A restored driver is interrupted once, whatever the saved state says. An irqfd write is
+ * injected by a KVM worker, later: one made just before the pause can be missing from the
+ * irqchip state the snapshot holds, and the copy would wait for it forever while the device
+ * waits for the guest (Firecracker and cloud-hypervisor met this too). The guest's handler
+ * reads ISR and looks at every queue, so an interrupt with nothing new is harmless. This runs
+ * after the arch state is applied, so KVM_SET_IRQCHIP cannot undo it. */
+void virtio_post_load(struct virtio_dev *v)
+{
+    pthread_mutex_lock(&v->lock);
+    bool live = (v->r.status & VIRTIO_STATUS_DRIVER_OK) &&
+                !(v->r.status & VIRTIO_STATUS_NEEDS_RESET);
+    if (live)
+        v->r.isr |= VIRTIO_ISR_USED;
+    pthread_mutex_unlock(&v->lock);
+    if (live)
+        raise_irq(v);
+    virtio_rekick(v);
+}

@@ -115,6 +115,7 @@ struct virtio_dev {
     uint32_t seen_reset_gen;
     char broken_why[160];
     uint64_t passes;             /* loop passes that served the device */
+    uint64_t interrupts;         /* raised (atomic: vCPU threads raise config interrupts) */
 };
 
 /* init: kick eventfd, KVM_IOEVENTFD on QueueNotify (or the MMIO fallback), loop handler. */

@@ -234,6 +234,8 @@ struct vmm_virtio_info {
     int broken;                /* DEVICE_NEEDS_RESET: the device refused the guest's rings */
     char why[160];             /* what it refused */
     unsigned long long passes; /* event loop passes that served the device */
+    unsigned long long interrupts; /* interrupts raised to the guest, one after each restore */
+    int gsi;                   /* its interrupt line, -1 for none */
     unsigned int nqueues;
     struct vmm_virtio_queue_info q[4];
 };
