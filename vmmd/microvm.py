@@ -268,7 +268,7 @@ class MicroVM:
                                    f"{' BROKEN: ' + d['why'] if d['broken'] else ''}, "
                                    f"passes {d['passes']}, interrupts {d['interrupts']}, "
                                    f"avail/taken/used {qs}")
-            if self.arch == "x86_64" and state == "RUNNING":
+            if self.spec.arch == "x86_64" and state == "RUNNING":
                 devices.append(self._interrupts(lines))
         except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the error it explains
             state, exits, devices = f"(unreadable: {e})", {}, []
