@@ -109,6 +109,14 @@ class Console(threading.Thread):
         self.file.close()
 
 
+def _wants(q: dict) -> str:
+    """When the driver wants its next interrupt: `!` it wants none (avail flags), `@n` once the
+    used index passes n (EVENT_IDX; Linux parks it at 0 while it keeps interrupts off)."""
+    if q["used_event"] >= 0:
+        return f"@{q['used_event']}"
+    return "!" if q["avail_flags"] & 1 else ""
+
+
 class MicroVM:
     """One Linux MicroVM. Made by `boot` or `restore`; `close()` ends it."""
 
@@ -263,11 +271,11 @@ class MicroVM:
                     d = self.vm.virtio_info(t)
                     lines[t.name] = d["gsi"]
                     qs = " ".join(f"q{i}:{q['avail_idx']}/{q['last_avail']}/{q['used_idx']}"
-                                  for i, q in enumerate(d["queues"]) if q["ready"])
+                                  f"{_wants(q)}" for i, q in enumerate(d["queues"]) if q["ready"])
                     devices.append(f"{t.name}: status {d['status']:#x}"
                                    f"{' BROKEN: ' + d['why'] if d['broken'] else ''}, "
                                    f"passes {d['passes']}, interrupts {d['interrupts']}, "
-                                   f"avail/taken/used {qs}")
+                                   f"avail/taken/used@wanted {qs}")
             if self.spec.arch == "x86_64" and state == "RUNNING":
                 devices.append(self._interrupts(lines))
         except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the error it explains

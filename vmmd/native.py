@@ -447,7 +447,8 @@ class VM:
         with self._use() as h:
             _check(lib.vmm_virtio_info(h, int(type), id, o))
         queues = [{k: getattr(o.q[i], k) for k in ("ready", "size", "avail_idx", "last_avail",
-                                                     "used_idx")} for i in range(o.nqueues)]
+                                                     "used_idx", "avail_flags", "used_event")}
+                  for i in range(o.nqueues)]
         return {"status": o.status, "broken": bool(o.broken),
                 "why": ffi.string(o.why).decode(errors="replace"), "passes": o.passes,
                 "interrupts": o.interrupts, "gsi": o.gsi, "queues": queues}

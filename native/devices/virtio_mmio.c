@@ -88,6 +88,13 @@ void virtio_info(struct virtio_dev *v, struct vmm_virtio_info *o)
         q->used_idx = v->vq[i].used_idx;
         if (!gm_load_acquire16(v->mem, v->vq[i].avail + 2, &avail))
             q->avail_idx = avail;
+        uint16_t flags, ue;
+        if (!gm_load_acquire16(v->mem, v->vq[i].avail, &flags))
+            q->avail_flags = flags;
+        q->used_event = -1;
+        if (v->vq[i].event_idx &&
+            !gm_load_acquire16(v->mem, v->vq[i].avail + 4 + 2ULL * v->vq[i].num, &ue))
+            q->used_event = ue;
     }
 }
 

@@ -228,6 +228,9 @@ struct vmm_virtio_queue_info {
     unsigned int avail_idx;    /* the guest's avail index, read now */
     unsigned int last_avail;   /* how far the device has taken */
     unsigned int used_idx;     /* how far it has answered */
+    unsigned int avail_flags;  /* the guest's, read now: 1 = no interrupts wanted */
+    int used_event;            /* EVENT_IDX: the guest wants an interrupt once used_idx passes
+                                * this (Linux writes 0 while it keeps them off); -1 without */
 };
 struct vmm_virtio_info {
     unsigned int status;       /* the driver status register */

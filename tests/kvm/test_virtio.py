@@ -58,6 +58,8 @@ def test_rng_serves_a_polling_driver():
     q = dev["queues"][0]
     assert not dev["broken"] and dev["passes"] > 0 and q["ready"], dev
     assert q["avail_idx"] == q["last_avail"] == q["used_idx"] == 500, dev
+    # this driver polls: no EVENT_IDX, and it never turned interrupts off
+    assert q["used_event"] == -1 and q["avail_flags"] == 0, dev
 
 
 def test_garbage_in_a_queue_gets_the_device_reset_and_the_vm_lives_on():

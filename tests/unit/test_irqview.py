@@ -41,3 +41,11 @@ def test_it_shows_each_device_pin_masked_or_not_and_its_pending_bit():
     assert "VIRTIO_BLK: I/O APIC pin 5: vector 0x21 masked edge dest 0" in out
     assert "VIRTIO_VSOCK: I/O APIC pin 6: vector 0x22 level remote-irr dest 1 irr" in out
     assert "VIRTIO_NET" not in out
+
+
+def test_a_queue_line_says_when_its_driver_wants_an_interrupt():
+    from vmmd.microvm import _wants
+    assert _wants({"used_event": 0, "avail_flags": 0}) == "@0"        # Linux: callbacks off
+    assert _wants({"used_event": 812, "avail_flags": 1}) == "@812"    # EVENT_IDX wins
+    assert _wants({"used_event": -1, "avail_flags": 1}) == "!"
+    assert _wants({"used_event": -1, "avail_flags": 0}) == ""
