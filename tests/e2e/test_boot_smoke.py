@@ -82,7 +82,8 @@ def boot(testhost, arch: str, tmp_path: pathlib.Path) -> str:
     binary, initrd, kernel = smoke_binary(arch), smoke_initrd(arch, tmp_path), a["kernel"]()
     cmd = " ".join(shlex.quote(str(x)) for x in (binary, kernel, initrd, a["cmdline"], 2, 256, 500))
     guests.cache_dir().mkdir(parents=True, exist_ok=True)     # testhost binds it
-    r = host.run(f"{cmd} 2>&1; echo boot_smoke_status=$?", binds=[str(binary.parent)], timeout=780)
+    # a normal run is 25-35 s; pytest's 900 s leaves room for the fixture's rerun of a broken host
+    r = host.run(f"{cmd} 2>&1; echo boot_smoke_status=$?", binds=[str(binary.parent)], timeout=240)
     (tmp_path / "output.txt").write_text(r.output + "\n--- host console ---\n" + r.console)
     assert "boot_smoke_status=0" in r.output, r.output[-6000:] + r.console[-3000:]
     return r.output
