@@ -40,6 +40,7 @@ poweroff -f
 RUNNER = r"""
 import os, select, sys, time
 os.environ.pop("VMMD_NATIVE", None)           # the production module
+from vmmd import irqview
 from vmmd.native import VM, Backend, Device, DeviceType, State
 kernel, initrd, cmdline, arch, snap, cycles = sys.argv[1:7]
 cycles = int(cycles)
@@ -84,17 +85,12 @@ vms = {"orig": (vm, bytearray())}
 
 
 def diagnose(v):
-    import struct
-    import msgpack
     print("STATS", v.stats(), flush=True)
+    if arch != "x86_64":
+        return
     try:
         v.pause()
-        body = msgpack.unpackb(v.state_blob()[24:-4], raw=False)
-        for i, c in enumerate(body["vcpu"]):
-            if "regs" in c:       # x86: struct kvm_regs, rip is the 17th u64
-                regs = struct.unpack("<18Q", c["regs"])
-                print(f"VCPU {i} rip {regs[16]:#x} rflags {regs[17]:#x} mp_state {c['mp_state']}",
-                      flush=True)
+        print(irqview.describe(v.state_blob(), {}), flush=True)
     except Exception as e:      # noqa: BLE001 - diagnostics only
         print("DIAGNOSE", e, flush=True)
 
