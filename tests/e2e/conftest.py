@@ -29,11 +29,19 @@ EMULATION_RERUNS = 2
 
 
 class TestHost:
-    def __init__(self, arch: str, deadline: float = float("inf")):
+    def __init__(self, arch: str, deadline: float = float("inf"), limit: float = float("inf")):
         self.arch = arch
         self.deadline = deadline     # monotonic time pytest-timeout ends the test at
+        self.limit = limit           # the test's pytest limit, seconds
 
     def run(self, script: str, **kw) -> hosts.HostResult:
+        # A broken host is run again; pytest's limit must hold both runs, or pytest-timeout
+        # ends the test mid-run and the broken run's console is lost with it (CI22, CI23).
+        timeout = kw.get("timeout", 600)
+        if 2 * timeout + 60 > self.limit:
+            pytest.fail(f"a host timeout of {timeout} s leaves no room for a rerun under the "
+                        f"test's limit of {self.limit:.0f} s: give the host at most "
+                        f"{(self.limit - 60) / 2:.0f} s or the test at least {2 * timeout + 60} s")
         env = {"VMMD_CACHE": os.path.dirname(cache_dir()), **kw.pop("env", {})}
         cache_dir().mkdir(parents=True, exist_ok=True)    # bound below, even if nothing is built
         binds = [str(cache_dir()), *kw.pop("binds", [])]
@@ -45,7 +53,7 @@ class TestHost:
                 break
             why = (f"its kernel broke ({r.broke_why[:120]})" if r.host_broke else
                    "a guest triple-faulted under nested SVM")
-            if time.monotonic() + kw.get("timeout", 600) + 60 > self.deadline:
+            if time.monotonic() + timeout + 60 > self.deadline:
                 # a rerun pytest-timeout would cut short loses this run's console too
                 BOOTS.append(f"{self.arch} host: {why}; no time left in the test's limit "
                              "for a rerun")
@@ -117,7 +125,8 @@ class TestHost:
 def testhost(request):
     marker = request.node.get_closest_marker("timeout")
     limit = marker.args[0] if marker and marker.args else request.config.getini("timeout")
-    deadline = time.monotonic() + float(limit or "inf")
+    limit = float(limit or "inf")
+    deadline = time.monotonic() + limit
 
     def make(arch: str) -> TestHost:
         problem = hosts.problem(arch)
@@ -125,5 +134,5 @@ def testhost(request):
             if REQUIRE_KVM:
                 pytest.fail(f"VMMD_REQUIRE_KVM=1 but {problem}")
             pytest.skip(problem)
-        return TestHost(arch, deadline)
+        return TestHost(arch, deadline, limit)
     return make

@@ -2,11 +2,7 @@
 
 import pytest
 
-# A normal run is about 30 s (x86_64) and 50 s (aarch64). The hosts' timeouts are about 5× that,
-# and pytest's limit leaves room for the fixture's rerun of a broken host: in CI22 the x86_64
-# host hung past a host timeout equal to pytest's, and pytest's limit fired first, losing the
-# console and the rerun (docs/emulated-hosts.md, "Test timeouts must leave the host's own
-# timeout room").
+# a normal run is about 30 s (x86_64) and 50 s (aarch64); the hosts get about 5x that
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 

@@ -65,3 +65,24 @@ def test_a_guest_triple_fault_is_recognised_on_x86_64_only():
     out = "vmmd VM: the guest triple-faulted (KVM_EXIT_SHUTDOWN)"
     assert result("", status=1, output=out).guest_triple_faulted
     assert not result("", status=1, output=out, arch="aarch64").guest_triple_faulted
+
+
+def test_a_host_timeout_with_no_room_for_a_rerun_is_refused_before_the_host_boots(monkeypatch):
+    import importlib.util
+    import pathlib
+
+    import pytest
+
+    import hosts
+    path = pathlib.Path(__file__).parents[1] / "e2e" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("e2e_conftest", path)
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+
+    def boot(*a, **kw):
+        raise AssertionError("the host was booted")
+    monkeypatch.setattr(hosts, "run", boot)
+    with pytest.raises(pytest.fail.Exception, match="give the host at most 170 s"):
+        conftest.TestHost("x86_64", limit=400).run("true", timeout=200)
+    with pytest.raises(AssertionError, match="was booted"):      # 2 x 170 + 60 fits in 400
+        conftest.TestHost("x86_64", limit=400).run("true", timeout=170)
