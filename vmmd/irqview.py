@@ -27,6 +27,23 @@ def _pin(entry: int) -> str:
             f"{' remote-irr' if entry >> 14 & 1 else ''} dest {entry >> 56}")
 
 
+def _blockers(ev: bytes, lapic: bytes) -> str:
+    """What else decides whether KVM may inject a requested vector: an interrupt shadow (STI,
+    MOV SS), an exception or NMI waiting to go first, an NMI handler not yet ended by IRET,
+    the local APIC switched off in its spurious-vector register. Empty when none holds."""
+    out = []
+    if ev[11]:                          # interrupt.shadow
+        out.append(f"shadow {ev[11]:#x}")
+    if ev[0] or ev[3]:                  # exception.injected / .pending, .nr at 1
+        out.append(f"exception {ev[1]} {'injected' if ev[0] else 'pending'}")
+    nmi = [name for name, off in (("injected", 12), ("pending", 13), ("masked", 14)) if ev[off]]
+    if nmi:
+        out.append("NMI " + "/".join(nmi))
+    if not struct.unpack_from("<I", lapic, 0xf0)[0] >> 8 & 1:
+        out.append("APIC off")
+    return "".join(f" {b}" for b in out)
+
+
 def describe(blob: bytes, lines: dict[str, int]) -> str:
     """`blob` from VM.state_blob() of a paused x86_64 VM; `lines` names a device's GSI."""
     n = _HEADER.unpack_from(blob)[3]
@@ -41,7 +58,7 @@ def describe(blob: bytes, lines: dict[str, int]) -> str:
                    f"injecting {'%#x' % ev[9] if ev[8] else '-'} "
                    f"IRR {[hex(v) for v in _vectors(lapic, 0x200)]} "
                    f"ISR {[hex(v) for v in _vectors(lapic, 0x100)]} "
-                   f"TPR {struct.unpack_from('<I', lapic, 0x80)[0]:#x}")
+                   f"TPR {struct.unpack_from('<I', lapic, 0x80)[0]:#x}{_blockers(ev, lapic)}")
     io = body["vm"]["ioapic"]   # struct kvm_irqchip: id, pad, kvm_ioapic_state
     irr = struct.unpack_from("<I", io, 8 + 16)[0]
     for name, gsi in sorted(lines.items(), key=lambda kv: kv[1]):

@@ -7,8 +7,10 @@ from helpers import encode
 from vmmd import irqview
 
 
-def blob(irr=(), isr=(), pins=None, rip=0x1234, rflags=0x202, injecting=None, ioapic_irr=0):
+def blob(irr=(), isr=(), pins=None, rip=0x1234, rflags=0x202, injecting=None, ioapic_irr=0,
+         flags=None, apic_on=True):
     lapic = bytearray(1024)
+    struct.pack_into("<I", lapic, 0xf0, 0x1ff if apic_on else 0xff)
     for base, vectors in ((0x200, irr), (0x100, isr)):
         for v in vectors:
             off = base + 0x10 * (v // 32)
@@ -16,6 +18,8 @@ def blob(irr=(), isr=(), pins=None, rip=0x1234, rflags=0x202, injecting=None, io
             struct.pack_into("<I", lapic, off, word)
     regs = struct.pack("<18Q", *([0] * 16), rip, rflags)
     events = bytearray(64)
+    for off, value in (flags or {}).items():     # struct kvm_vcpu_events byte offsets
+        events[off] = value
     if injecting is not None:
         events[8], events[9] = 1, injecting
     io = bytearray(8 + 512)
@@ -49,3 +53,11 @@ def test_a_queue_line_says_when_its_driver_wants_an_interrupt():
     assert _wants({"used_event": 812, "avail_flags": 1}) == "@812"    # EVENT_IDX wins
     assert _wants({"used_event": -1, "avail_flags": 1}) == "!"
     assert _wants({"used_event": -1, "avail_flags": 0}) == ""
+
+
+def test_a_vcpu_that_may_not_take_an_interrupt_says_why():
+    out = irqview.describe(blob(irr=(0xec,)), {})
+    assert out.endswith("TPR 0x0"), out                      # nothing holds it back
+    out = irqview.describe(blob(irr=(0xec,), flags={11: 1, 3: 1, 1: 14, 14: 1},
+                                apic_on=False), {})
+    assert out.endswith("TPR 0x0 shadow 0x1 exception 14 pending NMI masked APIC off"), out
