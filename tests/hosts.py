@@ -26,6 +26,10 @@ X86_TCG_THREAD = os.environ.get("VMMD_X86_HOST_TCG", "multi")
 # interrupts, triple faults, soft lockups, a panic); with one, none so far. L2 guests still get
 # two vCPUs, as threads sharing the host's CPU (docs/emulated-hosts.md, "Known problems").
 HOST_CPUS = {"x86_64": int(os.environ.get("VMMD_X86_HOST_CPUS", "1")), "aarch64": 2}
+# hosts/init.sh prints a heartbeat every 30 s: this long without one, the host froze
+HEARTBEAT_LOST_S = 120.0
+FROZEN = "[vmmd: host's heartbeat stopped; ended it]"
+BEAT = re.compile(rb"vmmd-host: (?:up in|alive) ")
 
 
 @dataclasses.dataclass
@@ -66,10 +70,14 @@ class HostResult:
                       self.console, re.M)
         if m:
             return m.group(0).strip()
+        if FROZEN in self.console:
+            beats = re.findall(r"vmmd-host: alive ([\d.]+)", self.console)
+            last = f"{float(beats[-1]):.0f} s" if beats else "boot"
+            return f"the host's heartbeat stopped at {last}; ended at {self.wall_seconds:.0f} s"
         if self.status is None:   # timed out: did the host itself stop (its init's heartbeat)?
             beats = re.findall(r"vmmd-host: alive ([\d.]+)", self.console)
             last = float(beats[-1]) if beats else 0.0
-            if beats and self.wall_seconds - last > 150:
+            if beats and self.wall_seconds - last > HEARTBEAT_LOST_S:
                 return f"the host's heartbeat stopped at {last:.0f} s of {self.wall_seconds:.0f} s"
         return ""
 
@@ -154,15 +162,8 @@ def run(arch: str, script: str, *, timeout: float = 600, mem_mb: int = 4096,
             "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
             f"export HOME=/tmp VMMD_IN_HOST={arch}\n{exports}{script}\n")
         t0 = time.monotonic()
-        try:
-            p = subprocess.run(qemu_command(arch, images, results, mem_mb,
-                                            cpus or HOST_CPUS[arch], binds),
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-            console = p.stdout.decode(errors="replace") + "".join(
-                line for line in p.stderr.decode(errors="replace").splitlines(keepends=True)
-                if "TCG doesn't support requested feature" not in line)
-        except subprocess.TimeoutExpired as e:
-            console = (e.stdout or b"").decode(errors="replace") + "\n[vmmd: host timed out]"
+        console = watch(qemu_command(arch, images, results, mem_mb, cpus or HOST_CPUS[arch],
+                                     binds), timeout)
         wall = time.monotonic() - t0
         status_file = pathlib.Path(results, "status")
         status = int(status_file.read_text()) if status_file.exists() else None
@@ -172,6 +173,44 @@ def run(arch: str, script: str, *, timeout: float = 600, mem_mb: int = 4096,
         return HostResult(arch, status, output, console, float(m.group(1)) if m else None, wall)
     finally:
         shutil.rmtree(results, ignore_errors=True)
+
+
+def watch(cmd: list[str], timeout: float, lost: float = HEARTBEAT_LOST_S,
+          poll: float = 2.0) -> str:
+    """Runs a host's QEMU to its end and returns its console. A host that froze (booted, then
+    no heartbeat for `lost` s) is ended at once rather than at `timeout`: in CI25 one froze at
+    35 s and the run waited out its 600 s before the fixture's rerun."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        t0 = last = time.monotonic()
+        seen = 0
+        booted, tail, end = False, b"", ""
+        try:
+            while p.poll() is None:
+                now = time.monotonic()
+                if now - t0 > timeout:
+                    end = "\n[vmmd: host timed out]"
+                    break
+                size = os.fstat(out.fileno()).st_size
+                new = os.pread(out.fileno(), size - seen, seen) if size > seen else b""
+                seen += len(new)
+                text = tail + new       # a line may straddle two reads; count it once
+                if any(m.end() > len(tail) for m in BEAT.finditer(text)):
+                    booted, last = True, now
+                tail = text[-32:]
+                if booted and now - last > lost:
+                    end = "\n" + FROZEN
+                    break
+                time.sleep(poll)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        out.seek(0)
+        err.seek(0)
+        return out.read().decode(errors="replace") + "".join(
+            line for line in err.read().decode(errors="replace").splitlines(keepends=True)
+            if "TCG doesn't support requested feature" not in line) + end
 
 
 def problem(arch: str) -> str | None:

@@ -86,3 +86,29 @@ def test_a_host_timeout_with_no_room_for_a_rerun_is_refused_before_the_host_boot
         conftest.TestHost("x86_64", limit=400).run("true", timeout=200)
     with pytest.raises(AssertionError, match="was booted"):      # 2 x 170 + 60 fits in 400
         conftest.TestHost("x86_64", limit=400).run("true", timeout=170)
+
+
+def test_a_host_whose_heartbeat_stops_is_ended_without_waiting_for_its_timeout():
+    import hosts
+    # `sh` stands in for QEMU: the watchdog reads nothing but the console
+    console = hosts.watch(["sh", "-c", "echo 'vmmd-host: up in 1.00 s, kvm: yes'; "
+                           "echo 'vmmd-host: alive 31.00'; exec sleep 120"],
+                          timeout=100, lost=1.0, poll=0.05)
+    assert console.endswith(hosts.FROZEN) and "timed out" not in console
+    r = result(console, wall=32.5)
+    assert r.host_broke and r.broke_why == "the host's heartbeat stopped at 31 s; ended at 32 s"
+
+
+def test_a_host_that_keeps_beating_runs_to_its_end():
+    import hosts
+    console = hosts.watch(["sh", "-c", "echo 'vmmd-host: up in 1.00 s, kvm: yes'; "
+                           "for i in 1 2 3 4 5 6; do sleep 0.3; echo \"vmmd-host: alive $i\"; "
+                           "done; echo finished"], timeout=100, lost=1.0, poll=0.05)
+    assert console.rstrip().endswith("finished") and hosts.FROZEN not in console
+
+
+def test_a_host_that_never_booted_is_left_to_its_timeout():
+    import hosts
+    console = hosts.watch(["sh", "-c", "echo SeaBIOS; exec sleep 120"], timeout=1.0, lost=0.2,
+                          poll=0.05)
+    assert console.endswith("[vmmd: host timed out]") and hosts.FROZEN not in console
