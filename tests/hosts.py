@@ -71,15 +71,14 @@ class HostResult:
                       self.console, re.M)
         if m:
             return m.group(0).strip()
-        if FROZEN in self.console:
-            beats = re.findall(r"vmmd-host: alive ([\d.]+)", self.console)
-            last = f"{float(beats[-1]):.0f} s" if beats else "boot"
-            return f"the host's heartbeat stopped at {last}; ended at {self.wall_seconds:.0f} s"
-        if self.status is None:   # timed out: did the host itself stop (its init's heartbeat)?
-            beats = re.findall(r"vmmd-host: alive ([\d.]+)", self.console)
-            last = float(beats[-1]) if beats else 0.0
-            if beats and self.wall_seconds - last > HEARTBEAT_LOST_S:
-                return f"the host's heartbeat stopped at {last:.0f} s of {self.wall_seconds:.0f} s"
+        beats = re.findall(r"vmmd-host: alive ([\d.]+)", self.console)
+        last = float(beats[-1]) if beats else None
+        if FROZEN in self.console:          # `watch` ended it
+            at = f"{last:.0f} s" if beats else "boot"
+            return f"the host's heartbeat stopped at {at}; ended at {self.wall_seconds:.0f} s"
+        # timed out as the heartbeat stopped, before `watch` noticed
+        if self.status is None and beats and self.wall_seconds - last > HEARTBEAT_LOST_S:
+            return f"the host's heartbeat stopped at {last:.0f} s of {self.wall_seconds:.0f} s"
         return ""
 
     @property
@@ -145,7 +144,6 @@ def python(arch: str) -> str:
 
 
 def run(arch: str, script: str, *, timeout: float = 600, mem_mb: int = 4096,
-        cpus: int | None = None,
         env: dict[str, str] | None = None, binds: list[str] | None = None) -> HostResult:
     """Boots a fresh `arch` host, runs `script` (sh) inside it from /tmp, returns what happened.
     On aarch64 the checkout and `binds` (paths on this machine) are visible at the same paths."""
@@ -163,8 +161,8 @@ def run(arch: str, script: str, *, timeout: float = 600, mem_mb: int = 4096,
             "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
             f"export HOME=/tmp VMMD_IN_HOST={arch}\n{exports}{script}\n")
         t0 = time.monotonic()
-        console = watch(qemu_command(arch, images, results, mem_mb, cpus or HOST_CPUS[arch],
-                                     binds), timeout)
+        console = watch(qemu_command(arch, images, results, mem_mb, HOST_CPUS[arch], binds),
+                        timeout)
         wall = time.monotonic() - t0
         status_file = pathlib.Path(results, "status")
         status = int(status_file.read_text()) if status_file.exists() else None
