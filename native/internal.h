@@ -264,7 +264,7 @@ struct vm_stats {
     _Atomic uint64_t exits_total, exits_io, exits_mmio, exits_intr, exits_other, io_unhandled;
     _Atomic uint64_t io_completions;
     _Atomic uint64_t uffd_faults, uffd_pages, uffd_zero_pages, uffd_prefetched, uffd_removes, uffd_fault_ns;
-    _Atomic uint64_t debug_mark, debug_marks, dirty_pages;
+    _Atomic uint64_t debug_mark, debug_marks, dirty_pages, memslot_ns;
 };
 
 struct snap_id {             /* what a diff snapshot names its parent by */

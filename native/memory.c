@@ -182,6 +182,7 @@ int gm_store_release16(struct guest_mem *m, uint64_t gpa, uint16_t v)
 int mem_register_kvm(struct vmm *vm, bool log_dirty)
 {
     struct guest_mem *m = &vm->mem;
+    uint64_t t0 = now_ns();
     for (int i = 0; i < m->nr; i++) {
         struct kvm_userspace_memory_region reg = {
             .slot = (uint32_t)i,
@@ -193,6 +194,7 @@ int mem_register_kvm(struct vmm *vm, bool log_dirty)
         if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &reg) < 0)
             return vmm_err(errno, "KVM_SET_USER_MEMORY_REGION slot %d: %m", i);
     }
+    atomic_fetch_add(&vm->st.memslot_ns, now_ns() - t0);
     vm->cfg.track_dirty = log_dirty;
     return 0;
 }

@@ -629,6 +629,7 @@ int vmm_get_stats(struct vmm *vm, struct vmm_stats *o)
     o->debug_mark = atomic_load(&vm->st.debug_mark);
     o->debug_marks = atomic_load(&vm->st.debug_marks);
     o->dirty_pages = atomic_load(&vm->st.dirty_pages);
+    o->memslot_ns = atomic_load(&vm->st.memslot_ns);
     if (vm->serial) {
         uint64_t bytes, dropped, first;
         serial_stats(vm->serial, &bytes, &dropped, &first);

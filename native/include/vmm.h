@@ -126,6 +126,8 @@ struct vmm_stats {
     unsigned long long debug_mark;      /* last value written to the debug mark port */
     unsigned long long debug_marks;     /* how many marks were written */
     unsigned long long dirty_pages;     /* pages dirtied since the parent snapshot, as last counted */
+    unsigned long long memslot_ns;      /* time KVM took to register guest memory (its per-page
+                                           metadata grows with the guest on shadow-paging hosts) */
 };
 
 struct vmm_snapshot_opts {

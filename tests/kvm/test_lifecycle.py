@@ -112,3 +112,13 @@ def test_image_outside_memory_is_refused():
 def test_serial_input_is_buffered_for_the_guest(microvm_factory):
     vm = microvm_factory("hello")
     assert vm.serial_write(b"x" * 100) == 64   # the 16550A FIFO holds 64 bytes
+
+
+def test_a_vm_reports_what_registering_its_memory_with_kvm_took(microvm_factory, tmp_path):
+    from vmmd.native import Backend
+    vm = microvm_factory("counter", start=True)
+    assert vm.stats()["memslot_ns"] > 0
+    vm.pause()
+    vm.snapshot(tmp_path / "s")
+    copy = microvm_factory.restore(tmp_path / "s", Backend.MMAP)
+    assert copy.stats()["memslot_ns"] > 0              # a restore registers its memory too
