@@ -145,6 +145,7 @@ void virtio_run(struct virtio_dev *v)
         memset(v->live, 0, sizeof(v->live));
     }
     uint64_t f = v->r.driver_features;
+    v->features = f;
     bool ok = (v->r.status & VIRTIO_STATUS_DRIVER_OK) &&
               (v->r.status & VIRTIO_STATUS_FEATURES_OK) &&
               !(v->r.status & VIRTIO_STATUS_NEEDS_RESET);
@@ -506,6 +507,7 @@ void virtio_apply(struct virtio_dev *v, const struct virtio_transport_state *s)
     if (s->r.status & VIRTIO_STATUS_NEEDS_RESET)
         snprintf(v->broken_why, sizeof(v->broken_why), "broken before the snapshot");
     uint64_t f = s->r.driver_features;
+    v->features = f;
     for (int i = 0; i < v->ops->nqueues; i++) {
         const struct virtio_queue_regs *qr = &s->r.q[i];
         v->live[i] = qr->ready;

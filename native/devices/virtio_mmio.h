@@ -112,6 +112,7 @@ struct virtio_dev {
     /* event loop thread only (and the host while the loop is parked) */
     struct virtq vq[VIRTIO_MAX_QUEUES];
     bool live[VIRTIO_MAX_QUEUES];
+    uint64_t features;           /* the driver's features as of the loop's last pass */
     uint32_t seen_reset_gen;
     char broken_why[160];
     uint64_t passes;             /* loop passes that served the device */

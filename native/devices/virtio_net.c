@@ -3,9 +3,16 @@
  * (passt) over a Unix stream socket, each frame preceded by its length as a 4-byte big-endian
  * integer (QEMU's `-netdev stream` framing, passt's `--socket`). The device connects at init.
  *
- * Queues: 0 rx, 1 tx (256 each); no control queue, no multiqueue, no offloads, no mergeable rx
- * buffers: every rx chain holds the 12-byte header and a whole frame, or the frame is dropped
- * (counted) and the chain returned with length 0, so the guest recycles it.
+ * Queues: 0 rx, 1 tx (256 each); no control queue, no multiqueue, no offloads.
+ * Rx buffers: with VIRTIO_NET_F_MRG_RXBUF (5.1.6.4) a frame is spread over as many chains as it
+ * needs, the count in the first one's header (num_buffers); without it, every rx chain holds the
+ * header and a whole frame. Mergeable buffers matter beyond memory: Linux otherwise posts a
+ * 68 KiB "big packet" per entry when the MTU is above 1500, so a full ring holds 16 MiB, which
+ * an emulated guest took seconds to drain while passt, waiting for ACKs, sent the data again
+ * (docs/network.md). A frame that does not fit is dropped (counted) and its first chain returned
+ * with length 0, so the guest recycles it: without mergeable buffers, a chain smaller than it;
+ * with them, a frame larger than the whole ring's buffers or a first buffer shorter than the
+ * header. A frame that needs more buffers than the guest has posted waits for them.
  *
  * Everything runs on the VM's event loop: the doorbell, and one handler for the device's own
  * epoll set (the backend socket, edge-triggered). Nothing blocks:
@@ -45,6 +52,7 @@
 #define Q_TX 1
 #define VIRTIO_NET_F_MTU 3
 #define VIRTIO_NET_F_MAC 5
+#define VIRTIO_NET_F_MRG_RXBUF 15
 #define VIRTIO_NET_F_STATUS 16
 #define VIRTIO_NET_S_LINK_UP 1
 #define NET_HDR_LEN 12                 /* virtio_net_hdr with num_buffers (VERSION_1) */
@@ -79,6 +87,9 @@ struct net {
                      rx_dropped;
     _Atomic int link_up;
     struct vq_chain chain;
+    struct vq_chain first;             /* mergeable rx: the chain that gets the header */
+    uint16_t mrg_head[NET_QUEUE_SIZE]; /* mergeable rx: the chains one frame took, in order */
+    uint32_t mrg_len[NET_QUEUE_SIZE];
 };
 
 static void count(_Atomic uint64_t *c, uint64_t n)
@@ -279,11 +290,89 @@ static int rx_deliver(struct net *n, const uint8_t *frame, uint32_t len, uint32_
     return 0;
 }
 
+/* Bytes [off, off + len) of header + frame into chain c at offset `at`. */
+static int mrg_copy(struct net *n, const struct vq_chain *c, uint64_t at, const uint8_t *hdr,
+                    const uint8_t *frame, uint64_t off, uint64_t len)
+{
+    for (uint64_t done = 0; done < len;) {
+        uint64_t o = off + done, k;
+        const uint8_t *src;
+        if (o < NET_HDR_LEN) {
+            src = hdr + o;
+            k = NET_HDR_LEN - o;
+        } else {
+            src = frame + (o - NET_HDR_LEN);
+            k = len - done;
+        }
+        if (k > len - done)
+            k = len - done;
+        if (vq_chain_write(n->v.mem, c, at + done, src, k) != (int64_t)k)
+            return vmm_err(EFAULT, "net rx buffer unwritable");
+        done += k;
+    }
+    return 0;
+}
+
+/*
+ * Mergeable rx: takes chains until header + frame fit, fills them, then returns them in order
+ * with num_buffers in the first header. 1: delivered or dropped (*pushed chains used);
+ * 0: the guest has not posted enough buffers yet (every chain taken is put back); <0: the ring
+ * is broken.
+ */
+static int rx_deliver_mrg(struct net *n, struct virtq *q, const uint8_t *frame, uint32_t len,
+                          int *pushed)
+{
+    uint64_t total = NET_HDR_LEN + (uint64_t)len, off = 0;
+    uint8_t hdr[NET_HDR_LEN] = {0};
+    int k = 0, r;
+    *pushed = 0;
+    while (off < total) {
+        if (k == q->num) {              /* the whole ring cannot hold it: drop the frame */
+            for (int i = 1; i < k; i++)
+                virtq_unpop(q);
+            count(&n->rx_dropped, 1);
+            *pushed = 1;
+            return (r = virtq_push(q, n->mrg_head[0], 0)) ? r : 1;
+        }
+        struct vq_chain *c = k ? &n->chain : &n->first;
+        if ((r = virtq_pop(q, c)) <= 0) {
+            for (int i = 0; i < k; i++)
+                virtq_unpop(q);
+            return r;                   /* 0: the guest's doorbell resumes us */
+        }
+        if (c->nread)
+            return vmm_err(EINVAL, "net rx buffer with device-readable parts");
+        if (!k && c->wlen < NET_HDR_LEN) {  /* 5.1.6.3.1: every buffer holds a header */
+            count(&n->rx_dropped, 1);
+            *pushed = 1;
+            return (r = virtq_push(q, c->head, 0)) ? r : 1;
+        }
+        uint64_t take = c->wlen < total - off ? c->wlen : total - off;
+        if (k && (r = mrg_copy(n, c, 0, hdr, frame, off, take)))
+            return r;
+        n->mrg_head[k] = c->head;
+        n->mrg_len[k++] = (uint32_t)take;
+        off += take;
+    }
+    hdr[10] = (uint8_t)k;               /* num_buffers, little endian */
+    hdr[11] = (uint8_t)(k >> 8);
+    if ((r = mrg_copy(n, &n->first, 0, hdr, frame, 0, n->mrg_len[0])))
+        return r;
+    for (int i = 0; i < k; i++)
+        if ((r = virtq_push(q, n->mrg_head[i], n->mrg_len[i])))
+            return r;
+    count(&n->rx_frames, 1);
+    count(&n->rx_bytes, len);
+    *pushed = k;
+    return 1;
+}
+
 static int serve_rx(struct net *n, bool *more)
 {
     struct virtq *q = virtio_queue(&n->v, Q_RX);
     if (!q)
         return 0;
+    bool mrg = n->v.features >> VIRTIO_NET_F_MRG_RXBUF & 1;
     int r = 0, served = 0;
     for (;;) {
         const uint8_t *frame;
@@ -295,25 +384,32 @@ static int serve_rx(struct net *n, bool *more)
         } else if (!next_frame(n, &frame, &len)) {
             break;
         }
-        if (served == q->num) {
+        if (served >= q->num) {
             *more = true;               /* come back after the loop's other work */
             break;
         }
-        if ((r = virtq_pop(q, &n->chain)) <= 0)
-            break;                      /* no rx buffers: the guest's doorbell resumes us */
-        if (n->chain.nread) {
-            r = vmm_err(EINVAL, "net rx buffer with device-readable parts");
-            break;
+        if (mrg) {
+            int pushed;
+            if ((r = rx_deliver_mrg(n, q, frame, len, &pushed)) <= 0)
+                break;                  /* 0: too few rx buffers for now */
+            r = 0;
+            served += pushed;
+        } else {
+            if ((r = virtq_pop(q, &n->chain)) <= 0)
+                break;                  /* no rx buffers: the guest's doorbell resumes us */
+            if (n->chain.nread) {
+                r = vmm_err(EINVAL, "net rx buffer with device-readable parts");
+                break;
+            }
+            if ((r = rx_deliver(n, frame, len, &written)) ||
+                (r = virtq_push(q, n->chain.head, written)))
+                break;
+            served++;
         }
-        if ((r = rx_deliver(n, frame, len, &written)))
-            break;
         if (rst)
             n->nrst--;
         else
             consume_frame(n, len);
-        if ((r = virtq_push(q, n->chain.head, written)))
-            break;
-        served++;
     }
     if (served)
         virtio_notify_used(&n->v, q);
@@ -373,7 +469,8 @@ static void net_reset(struct virtio_dev *v)
 static const struct virtio_ops net_vops = {
     .device_id = VIRTIO_ID_NET,
     .features = 1ULL << VIRTIO_NET_F_MAC | 1ULL << VIRTIO_NET_F_STATUS |
-                1ULL << VIRTIO_NET_F_MTU | 1ULL << VIRTIO_RING_F_INDIRECT_DESC,
+                1ULL << VIRTIO_NET_F_MTU | 1ULL << VIRTIO_NET_F_MRG_RXBUF |
+                1ULL << VIRTIO_RING_F_INDIRECT_DESC,
     .nqueues = 2, .queue_max = NET_QUEUE_SIZE, .process = net_process, .reset = net_reset,
 };
 

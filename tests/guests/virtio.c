@@ -18,6 +18,11 @@
  *                 set to the frame's source. Each time the host bumps `seq`, a TCP SYN goes to
  *                 IPv4 `n` (host order) port `seed` from port 40000 + seq. results[0] = frames
  *                 echoed, [1] = their bytes, [2] = resets for our SYNs, [3] = seq once sent.
+ *   MODE_NET_MRG  virtio-net with VIRTIO_NET_F_MRG_RXBUF and the whole rx ring posted as
+ *                 buffers of `n` bytes each: every frame is gathered from the num_buffers
+ *                 buffers it came in and echoed as in MODE_NET. results[0] = frames echoed,
+ *                 [1] = their bytes, [2] = buffers returned empty (frames the device dropped),
+ *                 [3] = the most buffers one frame took.
  *   MODE_SERVE    virtio-blk, driven by the host: each time it bumps `seq`, run `cmd` (CMD_WRITE:
  *                 write n sectors of the pattern of `seed` at sector 8 and flush; CMD_CHECK: read
  *                 them and count mismatches with that pattern), then results[0] = mismatches,
@@ -31,6 +36,7 @@
 #define MODE_SERVE 4
 #define MODE_VSOCK 5
 #define MODE_NET 6
+#define MODE_NET_MRG 7
 #define CMD_WRITE 1
 #define CMD_CHECK 2
 
@@ -568,6 +574,61 @@ static void mode_net(void)
     }
 }
 
+static void net_post_rx_sized(u16 i, u32 size)
+{
+    struct desc *d = &qdesc(VQ_RX)[i];
+    d->addr = PKT + (u64)i * NET_RXBUF;
+    d->len = size;
+    d->flags = 2;
+    d->next = 0;
+    qpublish(VQ_RX, i);
+}
+
+#define MRG_OUT ((volatile u8 *)(PKT + 0x20000))   /* a gathered frame */
+
+static void mode_net_mrg(void)
+{
+    u32 size = (u32)VP->n;
+    if (size < NET_HDR || size > NET_RXBUF ||
+        setup(1u << 5 | 1u << 15 | 1u << 16, 2) != 0xf)
+        guest_exit(1001);
+    for (u16 i = 0; i < QSIZE; i++)
+        net_post_rx_sized(i, size);
+    mark(0x4e01);                        /* the driver is up */
+    for (;;) {
+        u32 len;
+        int id = qtake_len(VQ_RX, &len);
+        if (id < 0)
+            continue;
+        volatile u8 *b = (volatile u8 *)(PKT + (u64)id * NET_RXBUF);
+        if (len < NET_HDR) {
+            RESULTS[2]++;
+            net_post_rx_sized((u16)id, size);
+            continue;
+        }
+        u32 nbuf = b[10] | (u32)b[11] << 8, flen = 0;
+        for (u32 k = NET_HDR; k < len; k++)
+            MRG_OUT[flen++] = b[k];
+        net_post_rx_sized((u16)id, size);
+        for (u32 j = 1; j < nbuf; j++) {
+            while ((id = qtake_len(VQ_RX, &len)) < 0)
+                ;
+            b = (volatile u8 *)(PKT + (u64)id * NET_RXBUF);
+            for (u32 k = 0; k < len && flen < 0x10000; k++)
+                MRG_OUT[flen++] = b[k];
+            net_post_rx_sized((u16)id, size);
+        }
+        if (nbuf > RESULTS[3])
+            RESULTS[3] = nbuf;
+        for (int i = 0; i < 6; i++)
+            MRG_OUT[i] = MRG_OUT[6 + i];
+        net_mac(MRG_OUT + 6);
+        net_send(MRG_OUT, flen);
+        RESULTS[0]++;
+        RESULTS[1] += flen;
+    }
+}
+
 void main(u64 cpu)
 {
     if (cpu != 0)
@@ -583,6 +644,7 @@ void main(u64 cpu)
     case MODE_SERVE: mode_serve(); break;
     case MODE_VSOCK: mode_vsock(); break;
     case MODE_NET: mode_net(); break;
+    case MODE_NET_MRG: mode_net_mrg(); break;
     default: bad = 0xbad;
     }
     puts("virtio failures: ");

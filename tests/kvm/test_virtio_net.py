@@ -12,12 +12,13 @@ import time
 import pytest
 
 from guests import PARAMS
-from test_virtio import boot_until_mark, devices, results, wait_results
+from test_virtio import boot, boot_until_mark, devices, results, wait_results
 from vmmd.native import VM, Backend, Device, DeviceType, NetRule, VmmError
 
 pytestmark = pytest.mark.kvm
 
 MODE_NET = 6
+MODE_NET_MRG = 7
 MAC_A = bytes.fromhex("020000000a0a")
 MAC_B = bytes.fromhex("020000000b0b")
 PEER = bytes.fromhex("029999999999")
@@ -139,6 +140,28 @@ def test_net_frames_arrive_intact_and_in_order_both_ways(tmp_path):
         assert st.rx_bytes == st.tx_bytes == sum(len(f) for f in frames)
         assert st.link_up and st.rx_dropped == st.tx_dropped == st.tx_denied == 0
         assert wait_results(vm, 0, len(frames) - 1) == len(frames)   # counted after its send
+    peer.close()
+
+
+def test_net_mergeable_rx_buffers_carry_frames_larger_than_one_buffer_intact(tmp_path):
+    """A driver with VIRTIO_NET_F_MRG_RXBUF and 256-byte buffers (its whole ring holds 4 KiB):
+    frames up to 4000 bytes come over as many buffers as they need, in order."""
+    peer = Peer(tmp_path / "n.sock")
+    with VM.create(1, 64 << 20, devices=devices(net(tmp_path / "n.sock", MAC_A))) as vm:
+        peer.accept()
+        boot(vm, MODE_NET_MRG, n=256)
+        deadline = time.monotonic() + 20
+        while vm.stats()["debug_mark"] != 0x4e01:
+            assert time.monotonic() < deadline, "the guest's mergeable virtio-net never came up"
+            time.sleep(0.002)
+        frames = [arp_like(i, 60 + (i * 389) % 3941) for i in range(120)]
+        for f in frames:
+            echo(peer, f, MAC_A)
+        st = vm.net_stats(0)
+        assert st.rx_frames == st.tx_frames == len(frames) and st.rx_dropped == 0
+        r = results(vm)
+        assert r[0] == len(frames) and r[2] == 0
+        assert r[3] == -(-(12 + max(len(f) for f in frames)) // 256)   # buffers of the largest
     peer.close()
 
 

@@ -328,6 +328,15 @@ static int nt_open_at(struct nt *n, const char *path, const uint8_t mac[6])
 
 static int nt_open(struct nt *n) { return nt_open_at(n, sock_path, MAC_A); }
 
+/* A driver that negotiates VIRTIO_NET_F_MRG_RXBUF (set up again after the plain one). */
+static int nt_open_mrg(struct nt *n)
+{
+    int r = nt_open(n);
+    if (!r)
+        tv_setup(&n->t, FEATURES | 1ULL << 15, 2, 16);
+    return r;
+}
+
 static void nt_close(struct nt *n)
 {
     tv_close(&n->t);
@@ -390,6 +399,34 @@ static long guest_rx(struct nt *n, uint8_t *f, size_t max)
         return -2;
     gm_read(&n->t.mem, addr + HDR, f, len - HDR);
     return (long)(len - HDR);
+}
+
+/* Mergeable rx: the next frame gathered from the num_buffers buffers it came in. Its length,
+ * -1 if none, 0 for a buffer returned empty, -2 for a bad header or a missing buffer. */
+static long guest_rx_mrg(struct nt *n, uint8_t *f, size_t max, unsigned *nbuf)
+{
+    uint32_t id, len;
+    uint64_t addr;
+    if (!tv_take_used(&n->t, 0, &id, &len))
+        return -1;
+    if (len == 0)
+        return 0;
+    gm_read(&n->t.mem, tv_desc(0) + 16ULL * id, &addr, 8);
+    uint8_t hdr[HDR], zero[10] = {0};
+    gm_read(&n->t.mem, addr, hdr, HDR);
+    *nbuf = hdr[10] | (unsigned)hdr[11] << 8;
+    if (len < HDR || memcmp(hdr, zero, 10) || *nbuf < 1 || len - HDR > max)
+        return -2;
+    size_t got = len - HDR;
+    gm_read(&n->t.mem, addr + HDR, f, got);
+    for (unsigned j = 1; j < *nbuf; j++) {
+        if (!tv_take_used(&n->t, 0, &id, &len) || got + len > max)
+            return -2;
+        gm_read(&n->t.mem, tv_desc(0) + 16ULL * id, &addr, 8);
+        gm_read(&n->t.mem, addr, f + got, len);
+        got += len;
+    }
+    return (long)got;
 }
 
 static bool wait_fd(int fd, short ev)
@@ -472,8 +509,9 @@ static void test_config_space_has_mac_link_and_mtu(void)
     CHECK(tv_rd(&t, VIRTIO_MMIO_DEVICE_ID) == 1);
     tv_wr(&t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
     uint32_t f = tv_rd(&t, VIRTIO_MMIO_DEVICE_FEATURES);
-    CHECK((f & (1u << 3 | 1u << 5 | 1u << 16 | 1u << 28)) == (1u << 3 | 1u << 5 | 1u << 16 | 1u << 28));
-    CHECK(!(f & (1u << 0 | 1u << 15 | 1u << 17 | 1u << 22)));   /* no csum, mrg_rxbuf, ctrl, mq */
+    uint32_t want = 1u << 3 | 1u << 5 | 1u << 15 | 1u << 16 | 1u << 28;  /* mtu mac mrg status indirect */
+    CHECK((f & want) == want);
+    CHECK(!(f & (1u << 0 | 1u << 17 | 1u << 22)));              /* no csum, ctrl, mq */
     tv_close(&t);
     close(l);
 }
@@ -559,6 +597,84 @@ static void test_rx_waits_for_guest_buffers_and_resumes_on_its_doorbell(void)
     CHECK(seen == 40 && in_order);
     CHECK(stats(&n).rx_dropped == 0);
     nt_close(&n);
+}
+
+static void test_mergeable_rx_spreads_each_frame_over_the_buffers_it_needs(void)
+{
+    struct nt n;
+    CHECK(nt_open_mrg(&n) == 0);
+    post_rx(&n, 16, 256);
+    static uint8_t f[3][1600], got[8192];
+    uint32_t len[3] = {60, 1514, 1000};
+    unsigned want_nbuf[3] = {1, 6, 4}, nbuf = 0;   /* ceil((12 + len) / 256) */
+    for (int i = 0; i < 3; i++) {
+        for (uint32_t k = 0; k < len[i]; k++)
+            f[i][k] = (uint8_t)(k * (i + 5) + i);
+        backend_tx(n.peer, f[i], len[i]);
+    }
+    virtio_net_poll_backend(&n.t.d);
+    for (int i = 0; i < 3; i++) {
+        long r = guest_rx_mrg(&n, got, sizeof(got), &nbuf);
+        CHECK(r == (long)len[i] && nbuf == want_nbuf[i] && memcmp(got, f[i], len[i]) == 0);
+    }
+    CHECK(guest_rx_mrg(&n, got, sizeof(got), &nbuf) == -1);
+    struct vmm_net_stats s = stats(&n);
+    CHECK(s.rx_frames == 3 && s.rx_bytes == len[0] + len[1] + len[2] && s.rx_dropped == 0);
+    CHECK(!tv_broken(&n.t));
+    nt_close(&n);
+}
+
+static void test_mergeable_rx_waits_for_enough_buffers_and_loses_nothing(void)
+{
+    struct nt n;
+    CHECK(nt_open_mrg(&n) == 0);
+    post_rx(&n, 2, 256);
+    static uint8_t f[1514], got[8192];
+    for (size_t k = 0; k < sizeof(f); k++)
+        f[k] = (uint8_t)(k * 7);
+    backend_tx(n.peer, f, sizeof(f));
+    virtio_net_poll_backend(&n.t.d);
+    unsigned nbuf = 0;
+    CHECK(guest_rx_mrg(&n, got, sizeof(got), &nbuf) == -1);   /* 2 of the 6 it needs */
+    CHECK(tv_used_idx(&n.t, 0) == 0);                         /* none taken for good */
+    post_rx(&n, 3, 256);
+    CHECK(guest_rx_mrg(&n, got, sizeof(got), &nbuf) == -1);   /* 5 of 6 */
+    post_rx(&n, 1, 256);
+    CHECK(guest_rx_mrg(&n, got, sizeof(got), &nbuf) == (long)sizeof(f) && nbuf == 6 &&
+          memcmp(got, f, sizeof(f)) == 0);
+    CHECK(stats(&n).rx_dropped == 0 && stats(&n).rx_frames == 1);
+    nt_close(&n);
+}
+
+static void test_mergeable_rx_drops_what_no_ring_could_hold_and_goes_on(void)
+{
+    struct nt n;
+    CHECK(nt_open_mrg(&n) == 0);
+    post_rx(&n, 16, 256);                     /* 4 KiB in all: a 5000-byte frame never fits */
+    static uint8_t big[5000], small[100], got[8192];
+    memset(big, 1, sizeof(big));
+    memset(small, 2, sizeof(small));
+    backend_tx(n.peer, big, sizeof(big));
+    backend_tx(n.peer, small, sizeof(small));
+    virtio_net_poll_backend(&n.t.d);
+    unsigned nbuf = 0;
+    CHECK(guest_rx_mrg(&n, got, sizeof(got), &nbuf) == 0);    /* its first buffer, empty */
+    CHECK(guest_rx_mrg(&n, got, sizeof(got), &nbuf) == (long)sizeof(small) && nbuf == 1 &&
+          memcmp(got, small, sizeof(small)) == 0);
+    CHECK(stats(&n).rx_dropped == 1 && !tv_broken(&n.t));
+    /* a first buffer too short for the header: that frame is dropped, the next one goes */
+    struct nt m;
+    nt_close(&n);
+    CHECK(nt_open_mrg(&m) == 0);
+    post_rx(&m, 1, HDR - 4);
+    post_rx(&m, 1, 256);
+    backend_tx(m.peer, small, sizeof(small));
+    backend_tx(m.peer, small, 60);
+    virtio_net_poll_backend(&m.t.d);
+    CHECK(guest_rx_mrg(&m, got, sizeof(got), &nbuf) == 0);
+    CHECK(guest_rx_mrg(&m, got, sizeof(got), &nbuf) == 60 && nbuf == 1);
+    CHECK(stats(&m).rx_dropped == 1 && !tv_broken(&m.t));
+    nt_close(&m);
 }
 
 static void test_tx_stops_taking_frames_while_the_backend_does_not_read(void)
@@ -833,6 +949,9 @@ int main(int argc, char **argv)
     test_tx_frames_reach_the_backend_length_prefixed_in_order();
     test_rx_frames_reach_the_guest_whole_even_when_the_stream_splits_them();
     test_rx_waits_for_guest_buffers_and_resumes_on_its_doorbell();
+    test_mergeable_rx_spreads_each_frame_over_the_buffers_it_needs();
+    test_mergeable_rx_waits_for_enough_buffers_and_loses_nothing();
+    test_mergeable_rx_drops_what_no_ring_could_hold_and_goes_on();
     test_tx_stops_taking_frames_while_the_backend_does_not_read();
     test_backend_eof_takes_the_link_down_and_tx_is_dropped();
     test_backend_breaking_the_framing_takes_the_link_down();
