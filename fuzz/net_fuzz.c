@@ -8,7 +8,8 @@
  * NET_DENY_RST must yield a reset whose IP and TCP checksums verify.
  *
  * Byte 0 even: a real device on synthetic rings with a Unix socket as its backend; byte 1 bit 0
- * allows all, else the policy denies 10/8 and allows the rest. Then records: kind (u8), length
+ * allows all, else the policy denies 10/8 and allows the rest; byte 1 bit 1 negotiates
+ * mergeable rx buffers (a frame spread over several posted buffers). Then records: kind (u8), length
  * (u16 LE), bytes. kind % 4: 0 a tx chain of header + frame in one buffer; 1 the same split in
  * two, plus a writable buffer when kind & 4; 2 the bytes written raw into the backend's stream
  * (any framing at all); 3 an rx buffer of `length` bytes posted (readable when kind & 8, no
@@ -101,7 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int peer = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (peer < 0)
         abort();
-    tv_setup(&t, 1ULL << 5 | 1ULL << 16, 2, 16);
+    tv_setup(&t, 1ULL << 5 | 1ULL << 16 | (data[1] & 2 ? 1ULL << 15 : 0), 2, 16);
     struct vmm_net_rule deny10 = {.addr = 10u << 24, .prefix = 8, .allow = 0};
     struct vmm_net_policy pol = {.default_allow = 1, .nrules = data[1] & 1 ? 0 : 1,
                                  .rules = &deny10};
