@@ -271,28 +271,9 @@ static void consume_frame(struct net *n, uint32_t len)
         n->in_head = n->in_len = 0;
 }
 
-/* Into the taken rx chain: header + frame, or nothing if it does not fit. Bytes written. */
-static int rx_deliver(struct net *n, const uint8_t *frame, uint32_t len, uint32_t *written)
-{
-    *written = 0;
-    if (n->chain.wlen < NET_HDR_LEN + (uint64_t)len) {
-        count(&n->rx_dropped, 1);
-        return 0;
-    }
-    uint8_t hdr[NET_HDR_LEN] = {0};
-    hdr[10] = 1;                        /* num_buffers, little endian */
-    if (vq_chain_write(n->v.mem, &n->chain, 0, hdr, NET_HDR_LEN) != NET_HDR_LEN ||
-        vq_chain_write(n->v.mem, &n->chain, NET_HDR_LEN, frame, len) != (int64_t)len)
-        return vmm_err(EFAULT, "net rx buffer unwritable");
-    count(&n->rx_frames, 1);
-    count(&n->rx_bytes, len);
-    *written = NET_HDR_LEN + len;
-    return 0;
-}
-
-/* Bytes [off, off + len) of header + frame into chain c at offset `at`. */
-static int mrg_copy(struct net *n, const struct vq_chain *c, uint64_t at, const uint8_t *hdr,
-                    const uint8_t *frame, uint64_t off, uint64_t len)
+/* Bytes [off, off + len) of header + frame, into chain c from its first writable byte. */
+static int rx_copy(struct net *n, const struct vq_chain *c, const uint8_t *hdr,
+                   const uint8_t *frame, uint64_t off, uint64_t len)
 {
     for (uint64_t done = 0; done < len;) {
         uint64_t o = off + done, k;
@@ -306,10 +287,29 @@ static int mrg_copy(struct net *n, const struct vq_chain *c, uint64_t at, const 
         }
         if (k > len - done)
             k = len - done;
-        if (vq_chain_write(n->v.mem, c, at + done, src, k) != (int64_t)k)
+        if (vq_chain_write(n->v.mem, c, done, src, k) != (int64_t)k)
             return vmm_err(EFAULT, "net rx buffer unwritable");
         done += k;
     }
+    return 0;
+}
+
+/* Into the taken rx chain: header + frame, or nothing if it does not fit. Bytes written. */
+static int rx_deliver(struct net *n, const uint8_t *frame, uint32_t len, uint32_t *written)
+{
+    *written = 0;
+    if (n->chain.wlen < NET_HDR_LEN + (uint64_t)len) {
+        count(&n->rx_dropped, 1);
+        return 0;
+    }
+    uint8_t hdr[NET_HDR_LEN] = {0};
+    hdr[10] = 1;                        /* num_buffers, little endian */
+    int r = rx_copy(n, &n->chain, hdr, frame, 0, NET_HDR_LEN + (uint64_t)len);
+    if (r)
+        return r;
+    count(&n->rx_frames, 1);
+    count(&n->rx_bytes, len);
+    *written = NET_HDR_LEN + len;
     return 0;
 }
 
@@ -348,7 +348,7 @@ static int rx_deliver_mrg(struct net *n, struct virtq *q, const uint8_t *frame, 
             return (r = virtq_push(q, c->head, 0)) ? r : 1;
         }
         uint64_t take = c->wlen < total - off ? c->wlen : total - off;
-        if (k && (r = mrg_copy(n, c, 0, hdr, frame, off, take)))
+        if (k && (r = rx_copy(n, c, hdr, frame, off, take)))
             return r;
         n->mrg_head[k] = c->head;
         n->mrg_len[k++] = (uint32_t)take;
@@ -356,7 +356,7 @@ static int rx_deliver_mrg(struct net *n, struct virtq *q, const uint8_t *frame, 
     }
     hdr[10] = (uint8_t)k;               /* num_buffers, little endian */
     hdr[11] = (uint8_t)(k >> 8);
-    if ((r = mrg_copy(n, &n->first, 0, hdr, frame, 0, n->mrg_len[0])))
+    if ((r = rx_copy(n, &n->first, hdr, frame, 0, n->mrg_len[0])))
         return r;
     for (int i = 0; i < k; i++)
         if ((r = virtq_push(q, n->mrg_head[i], n->mrg_len[i])))

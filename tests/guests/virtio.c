@@ -473,15 +473,18 @@ static int qtake_len(int q, u32 *len)
     return (int)id;
 }
 
-static void net_post_rx(u16 i)
+/* Posts rx buffer i: `size` writable bytes at its 4 KiB slot. */
+static void net_post_rx_sized(u16 i, u32 size)
 {
     struct desc *d = &qdesc(VQ_RX)[i];
     d->addr = PKT + (u64)i * NET_RXBUF;
-    d->len = NET_RXBUF;
+    d->len = size;
     d->flags = 2;
     d->next = 0;
     qpublish(VQ_RX, i);
 }
+
+static void net_post_rx(u16 i) { net_post_rx_sized(i, NET_RXBUF); }
 
 static void net_send(const volatile u8 *frame, u32 len)
 {
@@ -506,6 +509,17 @@ static void net_mac(volatile u8 *out)
 {
     for (int i = 0; i < 6; i++)
         out[i] = *(volatile u8 *)(VP->base + 0x100 + (u64)i);
+}
+
+/* Sends frame f back to its source from the config's MAC; counts it in results[0] and [1]. */
+static void net_echo(volatile u8 *f, u32 flen)
+{
+    for (int i = 0; i < 6; i++)
+        f[i] = f[6 + i];
+    net_mac(f + 6);
+    net_send(f, flen);
+    RESULTS[0]++;
+    RESULTS[1] += flen;
 }
 
 static u16 be16(const volatile u8 *p) { return (u16)(p[0] << 8 | p[1]); }
@@ -555,12 +569,7 @@ static void mode_net(void)
                 be16(t + 2) == syn_port) {
                 RESULTS[2]++;
             } else {
-                for (int i = 0; i < 6; i++)
-                    f[i] = f[6 + i];
-                net_mac(f + 6);
-                net_send(f, flen);
-                RESULTS[0]++;
-                RESULTS[1] += flen;
+                net_echo(f, flen);
             }
         }
         if (id >= 0)
@@ -572,16 +581,6 @@ static void mode_net(void)
             RESULTS[3] = seen;
         }
     }
-}
-
-static void net_post_rx_sized(u16 i, u32 size)
-{
-    struct desc *d = &qdesc(VQ_RX)[i];
-    d->addr = PKT + (u64)i * NET_RXBUF;
-    d->len = size;
-    d->flags = 2;
-    d->next = 0;
-    qpublish(VQ_RX, i);
 }
 
 #define MRG_OUT ((volatile u8 *)(PKT + 0x20000))   /* a gathered frame */
@@ -620,12 +619,7 @@ static void mode_net_mrg(void)
         }
         if (nbuf > RESULTS[3])
             RESULTS[3] = nbuf;
-        for (int i = 0; i < 6; i++)
-            MRG_OUT[i] = MRG_OUT[6 + i];
-        net_mac(MRG_OUT + 6);
-        net_send(MRG_OUT, flen);
-        RESULTS[0]++;
-        RESULTS[1] += flen;
+        net_echo(MRG_OUT, flen);
     }
 }
 

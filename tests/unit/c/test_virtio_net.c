@@ -382,25 +382,6 @@ static void guest_tx(struct nt *n, int slot, const uint8_t *f, size_t len, bool 
     tv_kick(&n->t, 1);
 }
 
-/* The next frame the guest received: its length (without header), or -1; the header checked. */
-static long guest_rx(struct nt *n, uint8_t *f, size_t max)
-{
-    uint32_t id, len;
-    if (!tv_take_used(&n->t, 0, &id, &len))
-        return -1;
-    uint64_t addr;
-    gm_read(&n->t.mem, tv_desc(0) + 16ULL * id, &addr, 8);
-    if (len == 0)
-        return 0;
-    uint8_t hdr[HDR];
-    gm_read(&n->t.mem, addr, hdr, HDR);
-    static const uint8_t want[HDR] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0};
-    if (len < HDR || memcmp(hdr, want, HDR) || len - HDR > max)
-        return -2;
-    gm_read(&n->t.mem, addr + HDR, f, len - HDR);
-    return (long)(len - HDR);
-}
-
 /* Mergeable rx: the next frame gathered from the num_buffers buffers it came in. Its length,
  * -1 if none, 0 for a buffer returned empty, -2 for a bad header or a missing buffer. */
 static long guest_rx_mrg(struct nt *n, uint8_t *f, size_t max, unsigned *nbuf)
@@ -427,6 +408,15 @@ static long guest_rx_mrg(struct nt *n, uint8_t *f, size_t max, unsigned *nbuf)
         got += len;
     }
     return (long)got;
+}
+
+/* The next frame the guest received, in one buffer: its length (without header), -1 if none,
+ * 0 for a buffer returned empty, -2 for a bad header. */
+static long guest_rx(struct nt *n, uint8_t *f, size_t max)
+{
+    unsigned nbuf = 1;
+    long r = guest_rx_mrg(n, f, max, &nbuf);
+    return r > 0 && nbuf != 1 ? -2 : r;
 }
 
 static bool wait_fd(int fd, short ev)
