@@ -15,7 +15,6 @@ MMU) as production hosts do (arm64 KVM keeps no such metadata at all).
 import os
 import re
 import select
-import shlex
 import sys
 import time
 
@@ -171,10 +170,8 @@ def test_restore_in_the_x86_64_emulated_host(benchmark, tmp_path):
     if problem:
         pytest.skip(problem)
     build_path("beacon", "x86_64")
-    root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-    cmd = (f"cd {shlex.quote(root)} && cat /sys/module/kvm/parameters/tdp_mmu && "
-           f"VMMD_REQUIRE_KVM=1 {hosts.python('x86_64')} -m pytest -p no:cacheprovider -q "
-           "-o addopts= -s benches/bench_restore.py -k 'floor or mmap'")
+    cmd = ("cat /sys/module/kvm/parameters/tdp_mmu && " +
+           hosts.pytest_command("x86_64", "-s", "benches/bench_restore.py", "-k", "floor or mmap"))
     r = benchmark.pedantic(lambda: hosts.run("x86_64", cmd, timeout=500, mem_mb=6144),
                            rounds=1, iterations=1)
     (tmp_path / "output.txt").write_text(r.output + "\n--- host console ---\n" + r.console)

@@ -143,6 +143,14 @@ def python(arch: str) -> str:
     return str(pathlib.Path(sys.prefix) / "bin" / "python")
 
 
+def pytest_command(arch: str, *args: str) -> str:
+    """The shell command that runs `pytest args` from the checkout inside an `arch` host, KVM
+    required."""
+    cmd = " ".join(shlex.quote(a) for a in args)
+    return (f"cd {shlex.quote(str(ROOT))} && VMMD_REQUIRE_KVM=1 {python(arch)} -m pytest "
+            f"-p no:cacheprovider -q -o addopts= {cmd}")
+
+
 def run(arch: str, script: str, *, timeout: float = 600, mem_mb: int = 4096,
         env: dict[str, str] | None = None, binds: list[str] | None = None) -> HostResult:
     """Boots a fresh `arch` host, runs `script` (sh) inside it from /tmp, returns what happened.

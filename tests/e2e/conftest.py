@@ -115,10 +115,7 @@ class TestHost:
         """Runs `pytest args` from the checkout inside the host, KVM required."""
         for g in guests:                  # the host has no compiler: build its guests here
             build_path(g, self.arch)
-        cmd = " ".join(shlex.quote(a) for a in args)
-        return self.run(f"cd {shlex.quote(str(hosts.ROOT))} && VMMD_REQUIRE_KVM=1 "
-                        f"{hosts.python(self.arch)} -m pytest -p no:cacheprovider -q "
-                        f"-o addopts= {cmd}", **kw)
+        return self.run(hosts.pytest_command(self.arch, *args), **kw)
 
 
 @pytest.fixture
